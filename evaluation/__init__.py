@@ -1,0 +1,1 @@
+"""Temporal-split evaluation of recommenders: split, metrics, protocol, streaming, reports."""

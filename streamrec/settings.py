@@ -1,0 +1,38 @@
+"""Every setting in one typed place; each reads ``STREAMREC_<NAME>`` from the environment.
+
+Command-line options override the environment, which overrides the defaults here.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from store.engine import DEFAULT_STORE_URL
+
+
+class Settings(BaseSettings):
+    """streamrec settings (environment prefix ``STREAMREC_``).
+
+    >>> Settings(topic="clicks").topic
+    'clicks'
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore")
+
+    store: str = Field(DEFAULT_STORE_URL, description="SQLAlchemy URL of the store")
+    bootstrap: str | None = Field(None, description="Kafka HOST:PORT")
+    topic: str = Field("events", description="topic of interaction events")
+    group: str = Field("streamrec-ingest", description="consumer group of `ingest`")
+    partitions: int = Field(4, ge=1, description="partitions of a topic `produce` creates")
+    batch_size: int = Field(2000, ge=1, description="records per poll and per DB transaction")
+    dead_letter_topic: str | None = Field(None, description="also forward dead letters here")
+    kafka_max_poll_interval_ms: int = Field(
+        30_000, ge=1000, description="Kafka max.poll.interval.ms; the local broker's first "
+        "JoinGroup waits about this long, so development setups keep it small",
+    )
+    log_level: str = Field("INFO", description="logging level")
+
+    def merged(self, **overrides: object) -> Settings:
+        """A copy with the non-None ``overrides`` applied (command-line options)."""
+        return self.model_copy(update={k: v for k, v in overrides.items() if v is not None})

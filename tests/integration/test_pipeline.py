@@ -1,0 +1,133 @@
+"""The event pipeline end to end: real broker, real SQLite file and real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+
+import pytest
+
+from store.graph import GraphStore
+from stream.synthetic import generate
+from tests.integration.helpers import (
+    committed_offsets,
+    end_offsets,
+    ingest_in_process,
+    ingest_process,
+    produce,
+    produce_raw,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _group() -> str:
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+def test_10k_events_stored_once_and_replay_counted_as_duplicates(broker, store_url, topic_name):
+    events = list(generate(n_events=10_000, seed=11).events())
+    produce(broker.bootstrap, topic_name, events)
+    store = GraphStore(store_url)
+    first = ingest_in_process(broker.bootstrap, topic_name, _group(), store)
+    assert (first.consumed, first.stored, first.duplicates) == (10_000, 10_000, 0)
+    assert store.counts()["interactions"] == 10_000
+
+    produce(broker.bootstrap, topic_name, events)  # the same events again
+    group = _group()  # a fresh group reads all 20,000 messages
+    second = ingest_in_process(broker.bootstrap, topic_name, group, store)
+    assert (second.consumed, second.stored, second.duplicates) == (20_000, 0, 20_000)
+    assert store.counts()["interactions"] == 10_000
+    assert store.event_ids() == {e.event_id for e in events}
+    assert committed_offsets(broker.bootstrap, topic_name, group) == end_offsets(
+        broker.bootstrap, topic_name
+    )
+    store.engine.dispose()
+
+
+def test_sigkill_mid_stream_then_restart_stores_every_event_once(broker, store_url, topic_name):
+    events = list(generate(n_events=30_000, seed=12).events())
+    produce(broker.bootstrap, topic_name, events)
+    group = _group()
+    store = GraphStore(store_url)
+    proc = ingest_process(broker.bootstrap, topic_name, group, store_url, "--batch-size", "500")
+    deadline = time.monotonic() + 60
+    while store.counts()["interactions"] < 3_000:  # well into the stream
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "ingest made no progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = store.counts()["interactions"]
+    assert 0 < partial < len(events)
+
+    restart = ingest_process(
+        broker.bootstrap, topic_name, group, store_url, "--idle-exit", "3"
+    )
+    out, err = restart.communicate(timeout=120)
+    assert restart.returncode == 0, err
+    assert "ingest done" in out
+    assert store.event_ids() == {e.event_id for e in events}
+    assert store.counts()["interactions"] == len(events)
+    store.engine.dispose()
+
+
+def test_malformed_messages_go_to_dead_letters_and_offsets_move_past(
+    broker, store_url, topic_name
+):
+    good = [
+        json.dumps({"user_id": f"u{k}", "item_id": f"i{k}", "ts": 1_700_000_000 + k}).encode()
+        for k in range(5)
+    ]
+    bad = {
+        b"not json at all": "not valid JSON",
+        b'["a", "list"]': "must be a JSON object",
+        b'{"item_id": "i1", "ts": 1}': "missing field 'user_id'",
+        b'{"user_id": 7, "item_id": "i1", "ts": 1}': "field 'user_id' must be a string",
+        b'{"user_id": "u", "item_id": "i", "ts": "yesterday"}': "not epoch time or ISO-8601",
+        b'{"user_id": "u", "item_id": "i", "ts": "2024-01-01T00:00:00"}': "no time zone",
+        b'{"user_id": "u", "item_id": "i", "ts": 1, "weight": -2}': "must be a finite number > 0",
+        json.dumps({"user_id": "u" * 500, "item_id": "i", "ts": 1}).encode(): "longer than",
+        b"\xff\xfe\x00garbage": "not UTF-8",
+    }
+    values: list[bytes | None] = []
+    for k, raw in enumerate(bad):  # interleave good and bad
+        values.append(raw)
+        if k < len(good):
+            values.append(good[k])
+    produce_raw(broker.bootstrap, topic_name, values)
+    store = GraphStore(store_url)
+    group = _group()
+    stats = ingest_in_process(broker.bootstrap, topic_name, group, store, batch_size=4)
+    assert (stats.consumed, stats.stored, stats.dead_letters) == (len(values), 5, len(bad))
+    rows = {row["raw"]: row for row in store.dead_letter_rows(limit=100)}
+    assert set(rows) == set(bad)
+    for raw, reason in bad.items():
+        assert reason in rows[raw]["error"], (raw, rows[raw]["error"])
+        assert rows[raw]["topic"] == topic_name and rows[raw]["kafka_partition"] == 0
+    assert committed_offsets(broker.bootstrap, topic_name, group) == {0: len(values)}
+    store.engine.dispose()
+
+
+def test_two_consumers_in_one_group_split_four_partitions(broker, store_url, topic_name):
+    events = list(generate(n_events=20_000, seed=13).events())
+    produce(broker.bootstrap, topic_name, events, partitions=4)
+    GraphStore(store_url).engine.dispose()  # create the tables before two writers race
+    group = _group()
+    procs = [
+        ingest_process(broker.bootstrap, topic_name, group, store_url, "--idle-exit", "4",
+                       "--batch-size", "500")
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    consumed = [int(out.split("consumed=")[1].split()[0]) for out, _ in outs]
+    assert sum(consumed) >= len(events)
+    assert min(consumed) > 0, f"one consumer got no partitions: {consumed}"
+    store = GraphStore(store_url)
+    assert store.event_ids() == {e.event_id for e in events}
+    assert store.counts()["interactions"] == len(events)
+    store.engine.dispose()
