@@ -101,6 +101,7 @@ class Recommender(ABC):
     """
 
     name: str = "recommender"
+    _param_names: tuple[str, ...] = ()  # constructor keywords, see models.model_arguments
 
     @abstractmethod
     def fit(

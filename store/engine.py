@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.pool import StaticPool
 
 DEFAULT_STORE_URL = "sqlite:///./var/streamrec.db"
 
@@ -29,7 +30,14 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     path = url.split(":///", 1)[1] if ":///" in url else ""
     if path and path != ":memory:":
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+    if not path or path == ":memory:":
+        # one shared in-memory database for every thread (the ingest writer thread included)
+        engine = create_engine(
+            url, echo=echo, poolclass=StaticPool,
+            connect_args={"timeout": 30, "check_same_thread": False},
+        )
+    else:
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
 
     # pysqlite's own transaction handling defers BEGIN and never takes the write lock up
     # front; two writers then deadlock on lock upgrade. Take control: write transactions

@@ -128,12 +128,7 @@ class GraphStore:
                     }
                     for n, ev in enumerate(batch)
                 ]
-                stmt = self._insert(schema.interactions).on_conflict_do_nothing(
-                    index_elements=["event_id"]
-                )
-                stored_ids = {
-                    r[0] for r in conn.execute(stmt.returning(schema.interactions.c.event_id), rows)
-                }
+                stored_ids = self._insert_interactions(conn, rows)
                 kept = [row for row in rows if row["event_id"] in stored_ids]
                 result.stored = len(kept)
                 result.duplicates += len(rows) - len(kept)
@@ -166,6 +161,17 @@ class GraphStore:
         result.new_users = len(new_nodes.get("users", {}))
         result.new_items = len(new_nodes.get("items", {}))
         return result
+
+    def _insert_interactions(self, conn, rows: list[dict[str, object]]) -> set[str]:  # type: ignore[no-untyped-def]
+        """Insert rows, skipping stored event ids; returns the ids actually inserted."""
+        if self.dialect == "postgresql":
+            return _copy_insert_postgres(conn, rows)
+        if self.dialect == "sqlite":
+            return _staged_insert_sqlite(conn, rows)
+        stmt = self._insert(schema.interactions).on_conflict_do_nothing(
+            index_elements=["event_id"]
+        )
+        return {r[0] for r in conn.execute(stmt.returning(schema.interactions.c.event_id), rows)}
 
     def _insert(self, table: Table):  # type: ignore[no-untyped-def]
         dialect = postgresql if self.dialect == "postgresql" else sqlite
@@ -288,6 +294,11 @@ class GraphStore:
                 for tbl in tables
             }
 
+    def last_event_time(self) -> float | None:
+        """The newest stored event time (epoch seconds), or None for an empty store."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.max(schema.interactions.c.ts))).scalar_one()
+
     def _node_counts(self, conn) -> tuple[int, int]:  # type: ignore[no-untyped-def]
         def size(table: Table) -> int:
             return conn.execute(select(func.coalesce(func.max(table.c.idx), -1))).scalar_one() + 1
@@ -333,3 +344,57 @@ def _columns(kind: str):  # type: ignore[no-untyped-def]
     if kind == "item":
         return t.c.item_idx, t.c.user_idx
     raise ValueError(f"kind must be 'user' or 'item', got {kind!r}")
+
+
+_COPY_COLUMNS = (
+    "event_id", "user_idx", "item_idx", "ts", "event_type", "weight", "ingested_at",
+    "kafka_partition", "kafka_offset",
+)
+
+
+_STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS streamrec_incoming ("
+    "event_id varchar(128), user_idx integer, item_idx integer, ts double precision, "
+    "event_type varchar(128), weight double precision, ingested_at double precision, "
+    "kafka_partition integer, kafka_offset bigint)"
+)
+_STAGED_INSERT = (
+    f"INSERT INTO interactions ({', '.join(_COPY_COLUMNS)}) "
+    # "WHERE true" resolves SQLite's parsing ambiguity between a join and an upsert clause
+    f"SELECT {', '.join(_COPY_COLUMNS)} FROM streamrec_incoming WHERE true "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+
+
+def _staged_insert_sqlite(conn, rows: list[dict[str, object]]) -> set[str]:  # type: ignore[no-untyped-def]
+    """executemany into a temp table (a C loop), then one INSERT ... SELECT ... RETURNING.
+
+    SQLite cannot RETURNING from executemany; the staging table lets one statement report
+    which event ids were new, at about twice the speed of SQLAlchemy's multi-row VALUES.
+    """
+    cursor = conn.connection.driver_connection.cursor()
+    cursor.execute(_STAGING_DDL)
+    cursor.execute("DELETE FROM streamrec_incoming")
+    marks = ", ".join("?" * len(_COPY_COLUMNS))
+    cursor.executemany(
+        f"INSERT INTO streamrec_incoming VALUES ({marks})",
+        [tuple(row[c] for c in _COPY_COLUMNS) for row in rows],
+    )
+    stored = {r[0] for r in cursor.execute(_STAGED_INSERT).fetchall()}
+    cursor.execute("DELETE FROM streamrec_incoming")
+    return stored
+
+
+def _copy_insert_postgres(conn, rows: list[dict[str, object]]) -> set[str]:  # type: ignore[no-untyped-def]
+    """COPY into a session temp table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+
+    Measured on this project's benchmark: psycopg spends most of a multi-row VALUES insert
+    parsing the statement client-side (about 6k rows/s); COPY avoids the parsing entirely.
+    """
+    cursor = conn.connection.driver_connection.cursor()
+    cursor.execute(_STAGING_DDL + " ON COMMIT DELETE ROWS")
+    with cursor.copy(f"COPY streamrec_incoming ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(tuple(row[c] for c in _COPY_COLUMNS))
+    cursor.execute(_STAGED_INSERT)
+    return {r[0] for r in cursor.fetchall()}

@@ -10,21 +10,26 @@ Order of a batch, which is what makes the delivery contract hold:
 5. hand the stored events to ``on_batch`` (the incremental updater);
 6. only then commit the offsets past the batch, explicitly, per partition.
 
-A crash anywhere before 6 redelivers the batch; step 3 makes that harmless.
+A crash anywhere before 6 redelivers the batch; step 3 makes that harmless. Steps 3-5 run
+on a writer thread (:class:`BatchWriter`) while the next poll happens, and step 6 runs on the
+consumer thread once the writer reports the batch done; before partitions are revoked in a
+rebalance, the writer is drained and its offsets committed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from store.graph import DeadLetter, GraphStore, WriteResult
+from stream.batch_writer import BatchWriter
 from stream.events import Event, InvalidEvent, decode_event
 from stream.producer import EventProducer
 from stream.retry import RetryPolicy, Stopped
@@ -82,13 +87,6 @@ class IngestStats:
         """Consumed events per second over the run."""
         return self.consumed / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def add(self, consumed: int, result: WriteResult) -> None:
-        self.consumed += consumed
-        self.stored += result.stored
-        self.duplicates += result.duplicates
-        self.dead_letters += result.dead_letters
-        self.batches += 1
-
     def summary(self) -> str:
         return (
             f"consumed={self.consumed} stored={self.stored} duplicates={self.duplicates} "
@@ -142,6 +140,8 @@ class IngestLoop:
         poll_timeout_ms: how long one poll waits for records (default 200).
         join_grace_s: how long an idle run waits for its first partition assignment before
             the idle clock starts anyway (default 60; a group join can take a while).
+        pipeline_depth: batches written on the writer thread while the next ones are fetched
+            (default 2). Offsets are still committed only after each batch's DB commit.
     """
 
     def __init__(
@@ -157,6 +157,7 @@ class IngestLoop:
         dead_letter_producer: EventProducer | None = None,
         poll_timeout_ms: int = 200,
         join_grace_s: float = 60.0,
+        pipeline_depth: int = 2,
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -170,11 +171,13 @@ class IngestLoop:
         self.dead_letter_producer = dead_letter_producer
         self.poll_timeout_ms = poll_timeout_ms
         self.join_grace_s = join_grace_s
+        self.pipeline_depth = pipeline_depth
+        self._writer: BatchWriter[DecodedBatch, WriteResult] | None = None
         self.stats = IngestStats()
         self._stop = False
 
     def stop(self) -> None:
-        """Ask the loop to finish the batch in hand, commit it and return (signal-safe)."""
+        """Ask the loop to finish the batches in hand, commit them and return (signal-safe)."""
         self._stop = True
 
     @property
@@ -184,8 +187,14 @@ class IngestLoop:
     def run(self) -> IngestStats:
         started = last_message = time.monotonic()
         self.stats = IngestStats()
+        writer: BatchWriter[DecodedBatch, WriteResult] = BatchWriter(
+            self._write, depth=self.pipeline_depth
+        )
+        self._writer = writer
+        self._listen_for_rebalance()
         try:
             while not self._stop:
+                self._commit_done(writer.completed())
                 limit = self.batch_size
                 if self.max_events is not None:
                     limit = min(limit, self.max_events - self.stats.consumed)
@@ -197,20 +206,41 @@ class IngestLoop:
                     joining = not self.consumer.assignment()
                     if joining and time.monotonic() - started < self.join_grace_s:
                         last_message = time.monotonic()
-                    if self.idle_exit_s is not None and (
-                        time.monotonic() - last_message >= self.idle_exit_s
+                    if (
+                        self.idle_exit_s is not None
+                        and not writer.in_flight
+                        and time.monotonic() - last_message >= self.idle_exit_s
                     ):
                         log.info("no message for %.1fs, exiting", self.idle_exit_s)
                         break
                     continue
                 last_message = time.monotonic()
-                self._process(decode_records(records))
+                batch = decode_records(records)
+                self.stats.consumed += batch.size
+                writer.submit(batch)
+            self._flush(writer)
         except Stopped:
-            log.warning("stopped while the database was down; the batch in hand is redelivered")
+            log.warning("stopped while the database was down; uncommitted batches are redelivered")
+        finally:
+            self._writer = None
+            writer.close()
         self.stats.finished = time.monotonic()
         return self.stats
 
-    def _process(self, batch: DecodedBatch) -> None:
+    def _flush(self, writer: BatchWriter[DecodedBatch, WriteResult]) -> None:
+        """Commit what the writer finished; then re-raise its failure, if it had one."""
+        self._commit_done(writer.drain())
+        self._commit_done(writer.drain())
+
+    def _listen_for_rebalance(self) -> None:
+        subscription = getattr(self.consumer, "subscription", lambda: None)()
+        # re-subscribing after a join would force a rebalance (which the local broker can
+        # wedge on), so the listener is attached only before the first poll
+        if subscription and not self.consumer.assignment():
+            self.consumer.subscribe(topics=sorted(subscription), listener=_DrainOnRevoke(self))
+
+    def _write(self, batch: DecodedBatch) -> WriteResult:
+        """Writer thread: one transaction, dead-letter forwarding, then the update hook."""
         result = self.retry.call(
             lambda: self.store.write_batch(
                 batch.events, batch.dead_letters, offsets=batch.sources
@@ -225,8 +255,19 @@ class IngestLoop:
             self.dead_letter_producer.flush()
         if self.on_batch is not None:
             self.on_batch(result)
-        self.stats.add(batch.size, result)
-        self._commit(batch.next_offsets)
+        return result
+
+    def _commit_done(self, done: list[tuple[DecodedBatch, WriteResult]]) -> None:
+        if not done:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        for batch, result in done:
+            self.stats.stored += result.stored
+            self.stats.duplicates += result.duplicates
+            self.stats.dead_letters += result.dead_letters
+            self.stats.batches += 1
+            offsets.update(batch.next_offsets)  # later batches carry higher offsets
+        self._commit(offsets)
 
     def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}
@@ -236,3 +277,20 @@ class IngestLoop:
             # the group rebalanced under us: another member will get these records again,
             # and the store's event_id uniqueness turns that redelivery into duplicates
             log.warning("offset commit failed (%s); the batch will be redelivered", exc)
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):
+    """Before partitions move to another member, finish and commit what we hold of them."""
+
+    def __init__(self, loop: IngestLoop) -> None:
+        self.loop = loop
+
+    def on_partitions_revoked(self, revoked: object) -> None:
+        writer = self.loop._writer
+        if writer is not None and writer.in_flight:
+            # on Stopped nothing is committed for the failed batch; it is redelivered
+            with contextlib.suppress(Stopped):
+                self.loop._commit_done(writer.drain())
+
+    def on_partitions_assigned(self, assigned: object) -> None:
+        pass

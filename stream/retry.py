@@ -26,9 +26,21 @@ def is_outage(error: BaseException) -> bool:
     >>> is_outage(ValueError("bad input"))
     False
     """
-    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
+    if isinstance(error, sa_exc.InterfaceError):
+        return True
+    if isinstance(error, sa_exc.OperationalError):
+        # SQLite raises OperationalError for bugs too ("no such table"); only lock and file
+        # trouble is worth waiting out there
+        if type(error.orig).__module__.startswith("sqlite3"):
+            text = str(error.orig).lower()
+            return any(word in text for word in _SQLITE_TRANSIENT)
+        return True
+    return False
+
+
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
 
 
 @dataclass

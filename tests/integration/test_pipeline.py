@@ -131,3 +131,25 @@ def test_two_consumers_in_one_group_split_four_partitions(broker, store_url, top
     assert store.event_ids() == {e.event_id for e in events}
     assert store.counts()["interactions"] == len(events)
     store.engine.dispose()
+
+
+def test_sigterm_flushes_and_commits_what_it_stored(broker, tmp_path, topic_name):
+    events = list(generate(n_events=20_000, seed=14).events())
+    produce(broker.bootstrap, topic_name, events, partitions=1)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = GraphStore(url)
+    group = _group()
+    proc = ingest_process(broker.bootstrap, topic_name, group, url, "--batch-size", "200")
+    deadline = time.monotonic() + 60
+    while store.counts()["interactions"] < 2_000:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in err and "ingest done" in out
+    stored = store.counts()["interactions"]
+    assert stored < len(events)
+    # everything stored was committed, and nothing beyond it: offsets are contiguous from 0
+    assert committed_offsets(broker.bootstrap, topic_name, group) == {0: stored}
+    store.engine.dispose()

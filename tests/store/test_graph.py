@@ -13,8 +13,14 @@ from stream.events import Event
 
 def _events() -> list[Event]:
     # u0: i0@10 i1@20 i2@30 ; u1: i1@15 i3@40 ; u2: i0@50
-    rows = [("u0", "i0", 10), ("u1", "i1", 15), ("u0", "i1", 20), ("u0", "i2", 30),
-            ("u1", "i3", 40), ("u2", "i0", 50)]
+    rows = [
+        ("u0", "i0", 10),
+        ("u1", "i1", 15),
+        ("u0", "i1", 20),
+        ("u0", "i2", 30),
+        ("u1", "i3", 40),
+        ("u2", "i0", 50),
+    ]
     return [Event.create(u, i, t) for u, i, t in rows]
 
 
@@ -54,7 +60,9 @@ def test_snapshot_and_windows(store: GraphStore) -> None:
     window = store.edges_between(15, 40)  # (15, 40]
     assert window.ts.tolist() == [20, 30, 40]
     assert list(zip(window.user.tolist(), window.item.tolist(), strict=True)) == [
-        (0, 1), (0, 2), (1, 3)
+        (0, 1),
+        (0, 2),
+        (1, 3),
     ]
     with pytest.raises(ValueError, match="before t0"):
         store.edges_between(40, 15)

@@ -55,23 +55,35 @@ def _values(n: int) -> list[bytes]:
     return [Event.create(f"u{k}", f"i{k % 3}", 100 + k).to_json() for k in range(n)]
 
 
-def test_offsets_committed_after_each_stored_batch() -> None:
+def test_offsets_are_committed_only_for_stored_batches(tmp_path) -> None:
     consumer = ListConsumer(_values(10))
+    store = GraphStore(f"sqlite:///{tmp_path / 's.db'}")
     seen: list[int] = []
-    store = GraphStore("sqlite://")
+    stored_at_commit: list[int] = []
+    commit = consumer.commit
+
+    def checking_commit(offsets: dict) -> None:
+        stored_at_commit.append(store.counts()["interactions"])
+        commit(offsets)
+
+    consumer.commit = checking_commit  # type: ignore[method-assign]
     loop = IngestLoop(
         consumer, store, batch_size=4, idle_exit_s=0,
         on_batch=lambda r: seen.append(store.counts()["interactions"]),
     )
     stats = loop.run()
     assert stats.consumed == 10 and stats.stored == 10 and stats.batches == 3
-    assert consumer.commits == [{TP: 4}, {TP: 8}, {TP: 10}]
-    assert seen == [4, 8, 10]  # the update hook sees committed rows, before the offset commit
+    committed = [c[TP] for c in consumer.commits]
+    assert committed == sorted(committed) and committed[-1] == 10
+    # (offsets are contiguous from 0 with one event each, so offset == events behind it)
+    assert all(off <= rows for off, rows in zip(committed, stored_at_commit, strict=True))
+    assert seen == [4, 8, 10]  # the update hook sees each batch's committed rows
 
 
 def test_max_events_never_consumes_more() -> None:
     consumer = ListConsumer(_values(10))
     stats = IngestLoop(consumer, GraphStore("sqlite://"), batch_size=4, max_events=6).run()
+    assert consumer.position == 6
     assert stats.consumed == 6 and consumer.commits[-1] == {TP: 6}
 
 
@@ -94,7 +106,7 @@ def test_stop_during_outage_commits_nothing() -> None:
     timer.start()
     stats = loop.run()  # returns once stopped, although the database never came back
     timer.join()
-    assert flaky.calls >= 2 and stats.stored == 0 and stats.consumed == 0
+    assert flaky.calls >= 2 and stats.stored == 0 and stats.consumed == 5
     assert consumer.commits == []  # the batch will be redelivered
 
 
@@ -124,3 +136,13 @@ def test_decode_records_splits_good_and_bad() -> None:
         (2, "message is not valid"), (3, "message has no value")
     ]
     assert batch.next_offsets == {TP: 4} and batch.size == 4
+
+
+def test_sqlite_bugs_are_not_mistaken_for_outages() -> None:
+    import sqlite3
+
+    from stream.retry import is_outage
+
+    bug = sa_exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: x"))
+    locked = sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    assert not is_outage(bug) and is_outage(locked)

@@ -1,0 +1,144 @@
+"""The recommender shell shared by the BPR-trained embedding models (MF-BPR, LightGCN):
+argument checks, the call into :func:`models.training.train_bpr`, device placement and
+the cached CPU embedding tables.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import nn
+
+from models.base import InteractionGraph, Recommender, resolve_device
+from models.training import TrainConfig, TrainHistory, train_bpr
+
+
+class BPRRecommender(Recommender):
+    """Base of recommenders trained by mini-batch BPR; subclasses build the module.
+
+    Args:
+        embedding_dim: size ``d`` of every embedding (default: ``64``).
+        epochs: maximum number of passes over the distinct training edges (default: ``20``).
+        batch_size: edges per Adam step (default: ``2048``).
+        lr: Adam learning rate (default: ``1e-3``).
+        reg_weight: L2 weight on the batch's layer-0 embeddings, divided by the batch size
+            (default: ``1e-4``).
+        negative_sampler: ``"uniform"``, ``"popularity"`` or ``"in_batch"``
+            (default: ``"uniform"``).
+        patience: evaluations without a better validation Recall@``k`` before stopping
+            (default: ``3``); only used when ``fit`` gets ``valid``.
+        eval_every: epochs between validation evaluations (default: ``1``).
+        k: cut-off of the validation recall (default: ``20``).
+        seed: the only source of randomness: initialisation, shuffling, negatives
+            (default: ``0``).
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:n]"``
+            (default: ``"auto"``).
+        progress: show a tqdm bar with the loss and the validation metric (default: ``True``).
+
+    After :meth:`fit`, ``history_`` holds the :class:`~models.training.TrainHistory`.
+
+    >>> from models.mf import MFBPR  # a concrete subclass
+    >>> MFBPR(epochs=3).hyper_parameters()["epochs"]
+    3
+    """
+
+    _param_names: tuple[str, ...] = (
+        "embedding_dim", "epochs", "batch_size", "lr", "reg_weight", "negative_sampler",
+        "patience", "eval_every", "k", "seed", "device", "progress",
+    )
+
+    def __init__(
+        self,
+        *,
+        embedding_dim: int = 64,
+        epochs: int = 20,
+        batch_size: int = 2048,
+        lr: float = 1e-3,
+        reg_weight: float = 1e-4,
+        negative_sampler: str = "uniform",
+        patience: int = 3,
+        eval_every: int = 1,
+        k: int = 20,
+        seed: int = 0,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        self.embedding_dim = embedding_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.reg_weight = reg_weight
+        self.negative_sampler = negative_sampler
+        self.patience = patience
+        self.eval_every = eval_every
+        self.k = k
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+        self._config()  # fail fast on bad arguments, before any data is seen
+        resolve_device(device)
+        self.module_: nn.Module | None = None
+        self.history_: TrainHistory | None = None
+        self._users: torch.Tensor | None = None
+        self._items: torch.Tensor | None = None
+
+    def _config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            reg_weight=self.reg_weight, negative_sampler=self.negative_sampler,
+            patience=self.patience, eval_every=self.eval_every, k=self.k, seed=self.seed,
+            progress=self.progress, desc=self.name,
+        )
+
+    @abstractmethod
+    def build_module(
+        self, graph: InteractionGraph, generator: torch.Generator, device: torch.device
+    ) -> nn.Module:
+        """A freshly initialised module for ``graph`` on ``device``, drawing its initial
+        weights from ``generator``; ``module()`` returns the final ``([U, d], [I, d])``
+        tables and ``module.batch(users, items)`` the final and layer-0 rows of a batch
+        (see :mod:`models.training`)."""
+
+    def fit(
+        self, graph: InteractionGraph, valid: InteractionGraph | None = None
+    ) -> BPRRecommender:
+        """Train on ``graph``; ``valid`` (later events) drives early stopping."""
+        if valid is not None and (
+            valid.num_items != graph.num_items or valid.num_users < graph.num_users
+        ):
+            raise ValueError(
+                "valid must share the training graph's item index space and cover its users: "
+                f"got {valid.num_users}x{valid.num_items}, train {graph.num_users}x"
+                f"{graph.num_items}"
+            )
+        device = resolve_device(self.device)
+        generator = torch.Generator().manual_seed(self.seed)
+        module = self.build_module(graph, generator, device)
+        self.history_ = train_bpr(module, graph, self._config(), valid=valid, device=device)
+        with torch.no_grad():
+            users, items = module()
+        self.module_ = module
+        self._users = users.detach().float().cpu().contiguous()
+        self._items = items.detach().float().cpu().contiguous()
+        return self
+
+    def _fitted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._users is None or self._items is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(graph) first")
+        return self._users, self._items
+
+    def user_embeddings(self) -> torch.Tensor:
+        return self._fitted()[0]
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self._fitted()[1]
+
+    def hyper_parameters(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self._param_names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper_parameters().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,271 @@
+"""The mini-batch BPR training loop shared by MF-BPR and LightGCN, with early stopping on
+validation Recall@K and the small recall helper it needs.
+
+The loop is model-agnostic. A module's ``forward()`` returns the final user ``[U, d]`` and
+item ``[I, d]`` tables (for evaluation); ``batch(users [B], items [M])`` returns the final
+rows of those users and items and their layer-0 rows (the L2 penalty's), in one gather so
+the backward pass scatters into each table once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from models.base import InteractionGraph
+from models.graph_ops import CSR, item_counts, unique_edges, user_item_csr
+from models.negatives import NEGATIVE_SAMPLERS, NegativeSampler, make_negative_sampler
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train_bpr`; see :class:`models.bpr.BPRRecommender` for meanings.
+
+    >>> TrainConfig(epochs=5, negative_sampler="popularity").batch_size
+    2048
+    """
+
+    epochs: int = 20
+    batch_size: int = 2048
+    lr: float = 1e-3
+    reg_weight: float = 1e-4
+    negative_sampler: str = "uniform"
+    patience: int = 3
+    eval_every: int = 1
+    k: int = 20
+    seed: int = 0
+    progress: bool = True
+    desc: str = "bpr"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "eval_every", "k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.reg_weight < 0:
+            raise ValueError(f"need lr > 0 and reg_weight >= 0, got {self.lr}, {self.reg_weight}")
+        if self.negative_sampler not in NEGATIVE_SAMPLERS:
+            raise ValueError(
+                f"unknown negative_sampler {self.negative_sampler!r}; "
+                f"choose one of {NEGATIVE_SAMPLERS}"
+            )
+
+
+@dataclass
+class TrainHistory:
+    """What happened in a training run: mean loss and wall seconds per epoch, validation
+    ``(epoch, recall@k)`` pairs, and the epoch whose weights were kept.
+
+    >>> TrainHistory(loss=[0.69, 0.5], valid=[(2, 0.1)], best_epoch=2).best_epoch
+    2
+    """
+
+    loss: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    valid: list[tuple[int, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_metric: float | None = None
+    stopped_early: bool = False
+
+
+class EarlyStopping:
+    """Keeps the best weights by a higher-is-better metric; stops after ``patience``
+    evaluations without an improvement greater than ``min_delta``.
+
+    >>> stop = EarlyStopping(patience=1)
+    >>> m = nn.Linear(1, 1)
+    >>> stop.step(0.5, m, epoch=1), stop.step(0.4, m, epoch=2), stop.best_epoch
+    (False, True, 1)
+    """
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best_metric = -math.inf
+        self.best_epoch: int | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._bad = 0
+
+    def step(self, metric: float, module: nn.Module, epoch: int) -> bool:
+        """Record ``metric`` after ``epoch``; True when training should stop."""
+        if metric > self.best_metric + self.min_delta or self.best_epoch is None:
+            self.best_metric, self.best_epoch, self._bad = metric, epoch, 0
+            self._best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            return False
+        self._bad += 1
+        return self._bad >= self.patience
+
+    def restore(self, module: nn.Module) -> None:
+        """Load the best weights seen into ``module`` (no-op before the first step)."""
+        if self._best_state is not None:
+            module.load_state_dict(self._best_state)
+
+
+@torch.no_grad()
+def recall_at_k(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    train: InteractionGraph,
+    test: InteractionGraph,
+    k: int = 20,
+    batch_size: int = 1024,
+) -> float:
+    """Mean Recall@K = |P ∩ top-K| / min(|P|, K) over warm test users.
+
+    Scores are inner products; items a user has in ``train`` are masked, test positives a
+    user already had in ``train`` are dropped, and users without training events (cold
+    start) or without a remaining positive are skipped. Raises when no user is left.
+
+    >>> g = InteractionGraph.from_arrays([0, 1], [0, 1], num_items=3)
+    >>> v = InteractionGraph.from_arrays([0], [2], num_users=2, num_items=3)
+    >>> recall_at_k(torch.eye(3)[:2], torch.eye(3), g, v, k=1)
+    0.0
+    """
+    seen = user_item_csr(train)
+    tu, ti = unique_edges(test)
+    keep = tu < train.num_users
+    tu, ti = tu[keep], ti[keep]
+    keep = (seen.degree()[tu] > 0) & ~seen.contains(tu, ti)
+    tu, ti = tu[keep], ti[keep]
+    if not len(tu):
+        raise ValueError("no warm test user has an item unseen in training; cannot score recall")
+    users, first = np.unique(tu, return_index=True)
+    num_pos = np.diff(np.append(first, len(tu)))
+    k = min(k, item_emb.shape[0])
+    total = 0.0
+    for lo in range(0, len(users), batch_size):
+        chunk = users[lo: lo + batch_size]
+        scores = user_emb[torch.from_numpy(chunk).to(user_emb.device)] @ item_emb.T
+        pos, cols = seen.gather_rows(chunk)
+        scores[torch.from_numpy(pos), torch.from_numpy(cols)] = -math.inf
+        top = torch.topk(scores, k, dim=1).indices.cpu()
+        relevant = torch.zeros(len(chunk), item_emb.shape[0], dtype=torch.bool)
+        rows = np.repeat(np.arange(len(chunk)), num_pos[lo: lo + batch_size])
+        span = slice(first[lo], first[lo + len(chunk) - 1] + num_pos[lo + len(chunk) - 1])
+        relevant[torch.from_numpy(rows), torch.from_numpy(ti[span])] = True
+        hits = relevant.gather(1, top).sum(1).double().numpy()
+        total += float((hits / np.minimum(num_pos[lo: lo + batch_size], k)).sum())
+    return total / len(users)
+
+
+def sample_negatives(
+    sampler: NegativeSampler,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    seen: CSR,
+    generator: torch.Generator,
+    max_rounds: int = 10,
+) -> torch.Tensor:
+    """One negative per row ``[B]``, redrawn up to ``max_rounds`` times where the user has
+    already interacted with it (a false negative)."""
+    neg = sampler.sample(positives, 1, generator)[:, 0].clone()
+    u = users.numpy()
+    for _ in range(max_rounds):
+        bad = np.flatnonzero(seen.contains(u, neg.numpy()))
+        if not len(bad):
+            break
+        idx = torch.from_numpy(bad)
+        neg[idx] = sampler.sample(positives, 1, generator)[idx, 0]
+    return neg
+
+
+def bpr_loss(
+    pos_scores: torch.Tensor, neg_scores: torch.Tensor, ego: tuple[torch.Tensor, ...],
+    reg_weight: float,
+) -> torch.Tensor:
+    """Mean ``-log sigmoid(pos - neg)`` plus ``reg_weight * sum ||ego||^2 / B``, ``ego``
+    being the batch's layer-0 rows (user, positive and negative item rows, repeats kept:
+    PyG's ``BPRLoss`` with ``node_id`` = those rows is the same formula)."""
+    reg = sum(e.pow(2).sum() for e in ego) / len(pos_scores)
+    return -F.logsigmoid(pos_scores - neg_scores).mean() + reg_weight * reg
+
+
+def make_adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel (one pass over the parameters; ~9x faster than the
+    default on CPU for an embedding table) where this torch build has it."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def train_bpr(
+    module: nn.Module,
+    graph: InteractionGraph,
+    config: TrainConfig,
+    valid: InteractionGraph | None = None,
+    device: torch.device | None = None,
+) -> TrainHistory:
+    """Train ``module`` in place by mini-batch BPR over the distinct training edges.
+
+    Each epoch shuffles the edges, draws one negative per edge (never an item the user has
+    in ``graph``; in-batch negatives excepted after 10 redraws) and takes one Adam step per
+    batch. With ``valid``, Recall@``k`` is measured every ``eval_every`` epochs, training
+    stops after ``patience`` evaluations without improvement and the best weights are
+    restored. Deterministic given ``config.seed`` on CPU.
+    """
+    device = device or torch.device("cpu")
+    users, items = (torch.from_numpy(a) for a in unique_edges(graph))
+    if not len(users):
+        raise ValueError("cannot train on a graph without interactions")
+    seen = user_item_csr(graph)
+    gen = torch.Generator().manual_seed(config.seed)
+    sampler = make_negative_sampler(
+        config.negative_sampler, graph.num_items, item_counts=item_counts(graph), seed=config.seed
+    )
+    optimizer = make_adam(module.parameters(), config.lr)
+    stopper, history = EarlyStopping(config.patience), TrainHistory()
+    n, bs = len(users), config.batch_size
+    bar = tqdm(total=config.epochs * math.ceil(n / bs), desc=config.desc,
+               disable=not config.progress, unit="batch", dynamic_ncols=True)
+    postfix: dict[str, str] = {}
+    try:
+        for epoch in range(1, config.epochs + 1):
+            start, total = time.perf_counter(), torch.zeros((), device=device)
+            module.train()
+            perm = torch.randperm(n, generator=gen)
+            for lo in range(0, n, bs):
+                idx = perm[lo: lo + bs]
+                u, p = users[idx], items[idx]
+                neg = sample_negatives(sampler, u, p, seen, gen)
+                u, items_b = u.to(device), torch.cat([p, neg]).to(device)
+                user_e, item_e, user_ego, item_ego = module.batch(u, items_b)
+                pos_e, neg_e = item_e.split(len(idx))
+                loss = bpr_loss((user_e * pos_e).sum(-1), (user_e * neg_e).sum(-1),
+                                (user_ego, item_ego), config.reg_weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(idx)
+                bar.update(1)
+            history.loss.append(float(total) / n)
+            history.epoch_seconds.append(time.perf_counter() - start)
+            postfix.update(epoch=str(epoch), loss=f"{history.loss[-1]:.4f}")
+            if valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                module.eval()
+                with torch.no_grad():
+                    user_out, item_out = module()
+                metric = recall_at_k(user_out, item_out, graph, valid, config.k)
+                history.valid.append((epoch, metric))
+                postfix[f"recall@{config.k}"] = f"{metric:.4f}"
+                bar.set_postfix(postfix)
+                if stopper.step(metric, module, epoch):
+                    history.stopped_early = True
+                    break
+            bar.set_postfix(postfix)
+    finally:
+        bar.close()
+    if valid is not None:
+        stopper.restore(module)
+        history.best_epoch, history.best_metric = stopper.best_epoch, stopper.best_metric
+    else:
+        history.best_epoch = len(history.loss)
+    module.eval()
+    return history

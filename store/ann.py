@@ -1,0 +1,230 @@
+"""Top-K inner-product search over an item matrix: FAISS (flat or HNSW) or numpy brute force.
+
+Exact paths (FAISS flat, numpy) return the same items, ties broken by the lower item id; the
+HNSW path is approximate. Per-query exclusions (seen items, the query item itself) are
+filtered after an over-fetch, with an exact brute-force fallback for a row that runs short.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from types import ModuleType
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_SCORE_CELLS = 1 << 24  # bound on a numpy score block (queries x items): 64 MiB float32
+
+
+def _import_faiss() -> ModuleType | None:
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+class ItemIndex:
+    """Nearest items by inner product, built once from ``items`` ``[I, dim]``.
+
+    Args:
+        items: item vectors ``[I, dim]`` (copied as float32).
+        backend: ``"faiss"`` or ``"numpy"`` (default: ``"faiss"``; numpy when faiss is
+            not importable).
+        exact_threshold: with faiss, an exact ``IndexFlatIP`` below this many items, an
+            ``IndexHNSWFlat`` at or above it (default: 50_000).
+        ef_search: HNSW search breadth, raised to the fetch size when smaller (default: 128).
+        hnsw_m: HNSW links per node (default: 32).
+        max_overfetch: most extra candidates fetched to make room for exclusions; a row
+            that needs more is answered by exact brute force (default: 2048).
+        use_gpu: put the flat index on a GPU; None: when FAISS sees one (default: None).
+
+    >>> index = ItemIndex(np.eye(3, dtype=np.float32), backend="numpy")
+    >>> scores, ids = index.search(np.array([[1.0, 0.5, 0.0]]), k=2, exclude=[np.array([0])])
+    >>> ids.tolist(), scores.tolist()
+    ([[1, 2]], [[0.5, 0.0]])
+    """
+
+    def __init__(
+        self,
+        items: np.ndarray,
+        *,
+        backend: str = "faiss",
+        exact_threshold: int = 50_000,
+        ef_search: int = 128,
+        hnsw_m: int = 32,
+        max_overfetch: int = 2048,
+        use_gpu: bool | None = None,
+    ) -> None:
+        if backend not in ("faiss", "numpy"):
+            raise ValueError(f"backend must be 'faiss' or 'numpy', got {backend!r}")
+        matrix = np.asarray(items)
+        if matrix.ndim != 2 or matrix.shape[1] < 1:
+            raise ValueError(f"items must be a 2-d array [num_items, dim], got {matrix.shape}")
+        self.items = np.ascontiguousarray(matrix, dtype=np.float32)
+        if not np.isfinite(self.items).all():
+            raise ValueError("items hold NaN or inf; cannot index them")
+        if ef_search < 1 or hnsw_m < 2 or max_overfetch < 0:
+            raise ValueError("ef_search >= 1, hnsw_m >= 2 and max_overfetch >= 0 are required")
+        self.exact_threshold = exact_threshold
+        self.ef_search = ef_search
+        self.hnsw_m = hnsw_m
+        self.max_overfetch = max_overfetch
+        faiss = _import_faiss() if backend == "faiss" else None
+        if backend == "faiss" and faiss is None:
+            log.warning("faiss is not importable; ItemIndex falls back to numpy brute force")
+        self.backend = "faiss" if faiss is not None else "numpy"
+        self.kind = "numpy"
+        self._faiss = faiss
+        self._index = None
+        self._gpu_resources = None
+        if faiss is not None:
+            self._index = self._build(faiss, use_gpu)
+
+    def _build(self, faiss: ModuleType, use_gpu: bool | None):  # type: ignore[no-untyped-def]
+        dim = self.dim
+        if len(self) >= self.exact_threshold:
+            self.kind = "hnsw"
+            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.add(self.items)
+            return index
+        self.kind = "flat"
+        index = faiss.IndexFlatIP(dim)
+        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if (use_gpu is None and gpus > 0) or use_gpu:
+            if gpus < 1 or not hasattr(faiss, "StandardGpuResources"):
+                raise RuntimeError("use_gpu=True but FAISS sees no GPU (install faiss-gpu)")
+            self._gpu_resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
+            self.kind = "flat-gpu"
+        index.add(self.items)
+        return index
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.items.shape[1]
+
+    @property
+    def exact(self) -> bool:
+        """Whether results are exact (flat or numpy), not approximate (HNSW)."""
+        return self.kind != "hnsw"
+
+    def __repr__(self) -> str:
+        extra = f", ef_search={self.ef_search}" if self.kind == "hnsw" else ""
+        return (
+            f"ItemIndex(backend={self.backend!r}, kind={self.kind!r}, size={len(self)}, "
+            f"dim={self.dim}{extra})"
+        )
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Sequence[np.ndarray | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` highest inner products per query, best first.
+
+        Args:
+            queries: ``[B, dim]``.
+            k: results per query (>= 1).
+            exclude: per query, item ids never to return (None: nothing excluded).
+        Returns:
+            ``(scores [B, k] float32, ids [B, k] int64)``. When fewer than ``k`` items remain
+            after exclusion, the tail is padded with id ``-1`` and score ``-inf``.
+        """
+        q = np.asarray(queries)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be [B, {self.dim}], got shape {q.shape}")
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        excluded = self._exclusions(exclude, q.shape[0])
+        scores = np.full((q.shape[0], k), -np.inf, np.float32)
+        ids = np.full((q.shape[0], k), -1, np.int64)
+        if len(self) == 0 or q.shape[0] == 0:
+            return scores, ids
+        if self._index is None:
+            self._numpy_search(q, k, excluded, scores, ids)
+            return scores, ids
+        longest = max((len(e) for e in excluded), default=0)
+        fetch = min(len(self), k + 1 + min(longest, self.max_overfetch))
+        found_scores, found_ids = self._faiss_search(q, fetch)
+        for row in range(q.shape[0]):
+            keep = found_ids[row] >= 0
+            if len(excluded[row]):
+                keep &= ~np.isin(found_ids[row], excluded[row])
+            s, i = found_scores[row][keep], found_ids[row][keep]
+            if self.exact:
+                # exact only if the k-th survivor beats the (k+1)-th, or nothing was left out
+                complete = fetch == len(self)
+                unsure = not complete and (len(i) <= k or s[k - 1] == s[k])
+            else:
+                unsure = len(i) < k  # HNSW ran short (exclusions, unreachable nodes)
+            if unsure:
+                s, i = self._exact_row(q[row], k, excluded[row])
+            elif self.exact:
+                order = np.lexsort((i, -s))[:k]
+                s, i = s[order], i[order]
+            n = min(k, len(i))
+            scores[row, :n], ids[row, :n] = s[:n], i[:n]
+        return scores, ids
+
+    def _exclusions(self, exclude: Sequence[np.ndarray | None] | None, rows: int) -> list:
+        if exclude is None:
+            return [np.empty(0, np.int64)] * rows
+        if len(exclude) != rows:
+            raise ValueError(f"exclude has {len(exclude)} entries for {rows} queries")
+        out = []
+        for e in exclude:
+            arr = np.unique(np.asarray([] if e is None else e, dtype=np.int64).ravel())
+            out.append(arr[(arr >= 0) & (arr < len(self))])
+        return out
+
+    def _faiss_search(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._faiss is not None and self._index is not None
+        if self.kind == "hnsw":
+            params = self._faiss.SearchParametersHNSW()
+            params.efSearch = max(self.ef_search, fetch)
+            scores, ids = self._index.search(q, fetch, params=params)
+        else:
+            scores, ids = self._index.search(q, fetch)
+        return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+
+    def _numpy_search(
+        self, q: np.ndarray, k: int, excluded: list, scores: np.ndarray, ids: np.ndarray
+    ) -> None:
+        step = max(1, _SCORE_CELLS // max(1, len(self)))
+        for start in range(0, q.shape[0], step):
+            block = q[start : start + step] @ self.items.T
+            for r, ex in enumerate(excluded[start : start + step]):
+                block[r, ex] = -np.inf
+            for r in range(block.shape[0]):
+                valid = len(self) - len(excluded[start + r])
+                s, i = _top_k(block[r], min(k, valid))
+                scores[start + r, : len(i)], ids[start + r, : len(i)] = s, i
+
+    def _exact_row(self, query: np.ndarray, k: int, excluded: np.ndarray) -> tuple:
+        row = self.items @ query
+        row[excluded] = -np.inf
+        return _top_k(row, min(k, len(self) - len(excluded)))
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of a score row, best first, equal scores by lower id."""
+    n = scores.shape[0]
+    if k <= 0:
+        return np.empty(0, np.float32), np.empty(0, np.int64)
+    if k < n:
+        part = np.argpartition(-scores, k - 1)[:k]
+        candidates = np.flatnonzero(scores >= scores[part].min())  # every tie at the boundary
+    else:
+        candidates = np.arange(n)
+    order = np.lexsort((candidates, -scores[candidates]))[:k]
+    top = candidates[order]
+    return scores[top].astype(np.float32), top.astype(np.int64)

@@ -1,0 +1,99 @@
+"""ItemIndex: FAISS flat and numpy agree exactly, HNSW recalls, exclusions always hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import store.ann as ann
+from store.ann import ItemIndex
+
+
+def _data(items: int = 2000, queries: int = 40, dim: int = 16, seed: int = 0):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((items, dim)).astype(np.float32),
+        rng.standard_normal((queries, dim)).astype(np.float32),
+    )
+
+
+def _indexes(items: np.ndarray) -> dict[str, ItemIndex]:
+    return {
+        "numpy": ItemIndex(items, backend="numpy"),
+        "flat": ItemIndex(items),
+        "hnsw": ItemIndex(items, exact_threshold=100),
+    }
+
+
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_flat_equals_numpy_and_hnsw_recalls(k: int) -> None:
+    items, queries = _data()
+    idx = _indexes(items)
+    assert [idx[n].kind for n in ("numpy", "flat", "hnsw")] == ["numpy", "flat", "hnsw"]
+    ref_scores, ref_ids = idx["numpy"].search(queries, k)
+    brute = queries @ items.T
+    np.testing.assert_array_equal(ref_ids, np.argsort(-brute, axis=1, kind="stable")[:, :k])
+    flat_scores, flat_ids = idx["flat"].search(queries, k)
+    np.testing.assert_array_equal(flat_ids, ref_ids)
+    np.testing.assert_allclose(flat_scores, ref_scores, rtol=1e-5, atol=1e-5)
+    _, hnsw_ids = idx["hnsw"].search(queries, k)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(hnsw_ids, ref_ids, strict=True)])
+    assert recall >= 0.95
+
+
+@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw"])
+def test_exclusions_are_never_returned(name: str) -> None:
+    items, queries = _data(items=500, queries=12)
+    index = _indexes(items)[name]
+    index.max_overfetch = 8  # the long exclusion lists below need the exact fallback
+    _, best = ItemIndex(items, backend="numpy").search(queries, 30)
+    exclude = [best[r, : (r * 3) % 30] for r in range(len(queries))]  # 0..27 of the top 30
+    exclude[0] = None
+    scores, ids = index.search(queries, 10, exclude=exclude)
+    assert ids.shape == scores.shape == (12, 10)
+    for r in range(len(queries)):
+        blocked = set() if exclude[r] is None else set(exclude[r].tolist())
+        assert not blocked & set(ids[r].tolist())
+        assert len(set(ids[r].tolist())) == 10 and (ids[r] >= 0).all()
+        assert (np.diff(scores[r]) <= 1e-6).all()  # best first
+    if index.exact:
+        _, ref = ItemIndex(items, backend="numpy").search(queries, 10, exclude=exclude)
+        np.testing.assert_array_equal(ids, ref)
+
+
+@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw"])
+def test_short_results_are_padded(name: str) -> None:
+    items, queries = _data(items=120, queries=2)
+    index = _indexes(items)[name]
+    keep = np.array([5, 7])
+    everything_else = np.setdiff1d(np.arange(120), keep)
+    scores, ids = index.search(queries, 4, exclude=[everything_else, np.arange(3)])
+    assert sorted(ids[0, :2].tolist()) == [5, 7] and ids[0, 2:].tolist() == [-1, -1]
+    assert np.isneginf(scores[0, 2:]).all() and (ids[1] >= 3).all()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+def test_ties_break_by_lower_id(backend: str) -> None:
+    items = np.ones((50, 4), np.float32)
+    items[30] = 2.0  # the one clear winner
+    index = ItemIndex(items, backend=backend)
+    scores, ids = index.search(np.ones((25, 4), np.float32), 4, exclude=[np.array([1])] * 25)
+    assert ids.tolist() == [[30, 0, 2, 3]] * 25
+    assert scores[0].tolist() == [8.0, 4.0, 4.0, 4.0]
+
+
+def test_numpy_fallback_without_faiss_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ann, "_import_faiss", lambda: None)
+    items, queries = _data(items=30, queries=3, dim=5)
+    index = ItemIndex(items)
+    assert repr(index) == "ItemIndex(backend='numpy', kind='numpy', size=30, dim=5)"
+    with pytest.raises(ValueError, match=r"queries must be \[B, 5\]"):
+        index.search(queries[:, :4], 3)
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(queries, 0)
+    with pytest.raises(ValueError, match="exclude has 1 entries for 3 queries"):
+        index.search(queries, 3, exclude=[np.array([1])])
+    with pytest.raises(ValueError, match="backend"):
+        ItemIndex(items, backend="annoy")
+    empty = ItemIndex(np.zeros((0, 5), np.float32))
+    assert empty.search(queries, 2)[1].tolist() == [[-1, -1]] * 3
