@@ -45,6 +45,7 @@ def _settings(**overrides: object) -> Settings:
     )
     # kafka-python warns about its own event-loop timing at WARNING; only errors matter here
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates each attempt
     return settings
 
 
@@ -210,6 +211,220 @@ def ingest(
         if dlq is not None:
             dlq.close()
     print(f"ingest done: {stats.summary()}")
+
+
+def _parse_ts(value: str | None) -> float | None:
+    """Epoch seconds (or ms) or ISO-8601 with zone -> epoch seconds."""
+    if value is None:
+        return None
+    from stream.events import InvalidEvent, parse_timestamp
+
+    try:
+        return parse_timestamp(value)
+    except InvalidEvent as exc:
+        console.print(f"[red]error:[/red] {exc.reason.replace('field ' + repr('ts'), 'TS')}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def retrain(
+    model: Annotated[str, typer.Option(help="lightgcn, pinsage, mf or popularity")] = "lightgcn",
+    cutoff: Annotated[
+        str | None, typer.Option(help="use events up to this time (epoch s or ISO-8601)")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="training epochs (model default)")] = None,
+    dim: Annotated[int | None, typer.Option(help="embedding dimension (model default 64)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    keep: Annotated[int, typer.Option(help="embedding versions to keep")] = 3,
+    store: StoreOpt = None,
+) -> None:
+    """Full retrain from the store snapshot; writes and activates a new embedding version.
+
+    A failed retrain leaves the previous version serving.
+    """
+    from store.embeddings import EmbeddingStore
+    from store.graph import GraphStore
+    from streamrec.retrain import RetrainError, RetrainPlan
+    from streamrec.retrain import retrain as run_retrain
+
+    settings = _settings(store=store)
+    plan = RetrainPlan(model=model, cutoff=_parse_ts(cutoff), epochs=epochs, dim=dim, seed=seed,
+                       keep=keep)
+    graph = GraphStore(settings.store)
+    try:
+        info = run_retrain(graph, EmbeddingStore(graph.engine), plan)
+    except RetrainError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in info.metrics.items())
+    print(f"{info.name} active: model={info.model} cutoff={info.cutoff:.0f} dim={info.dim} "
+          f"users={info.num_users} items={info.num_items} {metrics}")
+
+
+def _query_service(store: str | None):  # type: ignore[no-untyped-def]
+    from store.embeddings import EmbeddingStore
+    from store.graph import GraphStore
+    from streamrec.queries import QueryService
+
+    settings = _settings(store=store)
+    graph = GraphStore(settings.store)
+    return QueryService(graph, EmbeddingStore(graph.engine))
+
+
+def _answer(fn, as_json: bool, render) -> None:  # type: ignore[no-untyped-def]
+    """Run a query, print JSON or a table; map domain errors to exit codes."""
+    import json
+
+    from store.embedding_schema import NoActiveVersionError
+    from streamrec.queries import UnknownItem, UnknownUser
+
+    try:
+        result = fn()
+    except NoActiveVersionError:
+        console.print("[red]error:[/red] no embedding version is active yet: run "
+                      "`streamrec retrain` first")
+        raise typer.Exit(1) from None
+    except (UnknownItem, UnknownUser, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(result))
+    else:
+        render(result)
+
+
+def _render_items(title: str, result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("item_id")
+    table.add_column("score", justify="right")
+    for rank, row in enumerate(result["items"], start=1):
+        table.add_row(str(rank), row["item_id"], f"{row['score']:.4f}")
+    Console().print(table)
+
+
+@app.command()
+def recommend(
+    user: Annotated[str, typer.Option("--user", help="external user id")],
+    k: Annotated[int, typer.Option("-k", "--k", help="how many items")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Top-K items the user has not seen (recent popularity for unknown users)."""
+    service = _query_service(store)
+
+    def render(r: dict) -> None:
+        note = " (popular fallback: unknown user)" if r["fallback"] else ""
+        _render_items(f"top {k} for {r['user_id']} from {r['version']}{note}", r)
+
+    _answer(lambda: service.recommend(user, k), as_json, render)
+
+
+@app.command()
+def similar(
+    item: Annotated[str, typer.Option("--item", help="external item id")],
+    k: Annotated[int, typer.Option("-k", "--k", help="how many items")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """The K nearest items to an item (never the item itself)."""
+    service = _query_service(store)
+    _answer(lambda: service.similar(item, k), as_json,
+            lambda r: _render_items(f"{k} items similar to {r['item_id']}", r))
+
+
+@app.command()
+def embedding(
+    user: Annotated[str | None, typer.Option("--user", help="external user id")] = None,
+    item: Annotated[str | None, typer.Option("--item", help="external item id")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """The merged embedding of a user or an item (overlay if fresher, else base)."""
+    if (user is None) == (item is None):
+        console.print("[red]error:[/red] give exactly one of --user U or --item I")
+        raise typer.Exit(2)
+    service = _query_service(store)
+    kind, node = ("user", user) if user is not None else ("item", item)
+    assert node is not None
+
+    def render(r: dict) -> None:
+        vec = ", ".join(f"{x:.4f}" for x in r["vector"][:8])
+        print(f"{r['kind']} {r['id']} ({r['version']}, {r['source']}, updated_at "
+              f"{r['updated_at']:.0f}): [{vec}{', ...' if len(r['vector']) > 8 else ''}] "
+              f"dim={len(r['vector'])}")
+
+    _answer(lambda: service.embedding(kind, node), as_json, render)
+
+
+@app.command()
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", help="directory for the report")],
+    data: Annotated[Path | None, typer.Option("--data", help="interaction file")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="movielens, csv or jsonl")] = "movielens",
+    from_store: Annotated[bool, typer.Option("--from-store", help="evaluate on the store")] = False,
+    models: Annotated[
+        str, typer.Option("--models", help="comma-separated: popularity, popularity-recent, mf, "
+                          "lightgcn, pinsage")
+    ] = "popularity,popularity-recent,mf,lightgcn",
+    k: Annotated[str, typer.Option("--k", help="comma-separated cut-offs")] = "10,20,50",
+    epochs: Annotated[int | None, typer.Option(help="epoch budget of trained models")] = None,
+    recent_days: Annotated[float, typer.Option(help="window of popularity-recent")] = 7.0,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    streaming: Annotated[bool, typer.Option(help="also run the window-by-window report")] = True,
+    store: StoreOpt = None,
+) -> None:
+    """Temporal-split evaluation report: report.md, report.html, metrics.json, PNG plots."""
+    from evaluation.data import load_file
+    from evaluation.runner import run_evaluation
+    from models import make_model, model_arguments
+
+    if (data is None) == (not from_store):
+        console.print("[red]error:[/red] give exactly one of --data PATH or --from-store")
+        raise typer.Exit(2)
+    try:
+        ks = tuple(int(x) for x in k.split(","))
+    except ValueError:
+        console.print(f"[red]error:[/red] --k must be comma-separated integers, got {k!r}")
+        raise typer.Exit(2) from None
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    aliases = {"popularity-recent": ("popularity", {"window_seconds": recent_days * 86_400.0})}
+    for name in names:
+        base = aliases.get(name, (name, {}))[0]
+        try:
+            model_arguments(base)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc} (or popularity-recent)")
+            raise typer.Exit(2) from None
+
+    def factory(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        base, extra = aliases.get(name, (name, {}))
+        accepted = set(model_arguments(base))
+        wanted = {**extra, **kwargs, "epochs": epochs}
+        return make_model(base, **{a: v for a, v in wanted.items()
+                                   if v is not None and a in accepted})
+
+    settings = _settings(store=store)
+    try:
+        if data is not None:
+            loaded = load_file(data, fmt)
+            graph, dataset = loaded.graph, loaded.name
+        else:
+            from store.graph import GraphStore
+
+            graph, dataset = GraphStore(settings.store).snapshot(), "graph store"
+        result = run_evaluation(graph, names, model_factory=factory, ks=ks, seed=seed,
+                                streaming=streaming, out_dir=str(out), dataset_name=dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    headline = [f"{name}: recall@20={m.get('recall@20', float('nan')):.4f} "
+                f"ndcg@20={m.get('ndcg@20', float('nan')):.4f}"
+                for name, m in result["models"].items()]
+    print("\n".join(headline))
+    print(f"report written to {out}/report.md, report.html, metrics.json")
 
 
 def main() -> None:

@@ -1,0 +1,185 @@
+"""The query side: recommendations, similar items and embeddings from the merged view.
+
+One :class:`QueryService` holds the active version's merged snapshot, an ANN index over its
+items and the id maps in memory; :meth:`QueryService.refresh` reloads them (after a new
+version is activated or overlay rows were written). The JSON shapes are those of
+../shared/DESIGN.md and are shared by the CLI and the HTTP API.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from store.ann import ItemIndex
+from store.embedding_schema import NoActiveVersionError
+from store.embeddings import EmbeddingSnapshot, EmbeddingStore
+from store.graph import GraphStore
+
+DEFAULT_POPULAR_WINDOW_S = 7 * 86_400.0
+
+
+class UnknownItem(LookupError):
+    """The item id is not in the store (or the served version has no vector for it)."""
+
+
+class UnknownUser(LookupError):
+    """The user id is not in the store (or the served version has no vector for it)."""
+
+
+@dataclass
+class _Served:
+    snapshot: EmbeddingSnapshot
+    index: ItemIndex
+    item_rows: np.ndarray  # index position -> item idx (rows with a vector only)
+    row_of_item: np.ndarray  # item idx -> index position, -1 where the item has no vector
+    user_ids: list[str]
+    item_ids: list[str]
+    user_index: dict[str, int]
+    item_index: dict[str, int]
+    popular: np.ndarray  # item idx, most popular in the recent window first
+    popular_counts: np.ndarray
+
+
+class QueryService:
+    """Answers queries from the active embedding version merged with its overlay.
+
+    Args:
+        graph: the graph store (seen items, popularity, id maps).
+        embeddings: the embedding store.
+        popular_window_s: window of the popularity fallback, seconds before the newest
+            event (default 7 days).
+        ann_backend: ``"faiss"`` (default) or ``"numpy"``.
+    """
+
+    def __init__(
+        self,
+        graph: GraphStore,
+        embeddings: EmbeddingStore,
+        *,
+        popular_window_s: float = DEFAULT_POPULAR_WINDOW_S,
+        ann_backend: str = "faiss",
+    ) -> None:
+        self.graph = graph
+        self.embeddings = embeddings
+        self.popular_window_s = popular_window_s
+        self.ann_backend = ann_backend
+        self._served: _Served | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Load the active version (with its overlay), rebuild the index and id maps.
+
+        Raises:
+            NoActiveVersionError: no version was activated yet (run ``streamrec retrain``).
+        """
+        snapshot = self.embeddings.load()
+        rows = np.flatnonzero(snapshot.mask("item"))
+        index = ItemIndex(snapshot.items[rows], backend=self.ann_backend)
+        user_ids, item_ids = self.graph.node_ids("user"), self.graph.node_ids("item")
+        popular, counts = self._recent_popularity(len(item_ids))
+        row_of_item = np.full(max(len(item_ids), len(snapshot.items)), -1, np.int64)
+        row_of_item[rows] = np.arange(len(rows))
+        served = _Served(
+            snapshot, index, rows, row_of_item, user_ids, item_ids,
+            {u: i for i, u in enumerate(user_ids)}, {t: i for i, t in enumerate(item_ids)},
+            popular, counts,
+        )
+        with self._lock:
+            self._served = served
+
+    def _recent_popularity(self, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+        last = self.graph.last_event_time()
+        if last is None:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        window = self.graph.edges_between(last - self.popular_window_s, last)
+        counts = np.bincount(window.item, minlength=num_items)
+        order = np.lexsort((np.arange(num_items), -counts))  # ties: lower idx first
+        return order[counts[order] > 0], counts
+
+    @property
+    def served(self) -> _Served:
+        if self._served is None:
+            self.refresh()
+        assert self._served is not None
+        return self._served
+
+    @property
+    def version(self) -> str:
+        return self.served.snapshot.version.name
+
+    def recommend(self, user_id: str, k: int = 10, *, exclude_seen: bool = True) -> dict:
+        """Top-``k`` items for a user; unknown users get recent popularity (``fallback``)."""
+        _check_k(k)
+        s = self.served
+        idx = s.user_index.get(user_id)
+        seen = self.graph.items_seen(idx) if idx is not None and exclude_seen else None
+        if idx is None or not s.snapshot.has("user", idx):
+            skip = set() if seen is None else set(seen.tolist())
+            items = [i for i in s.popular.tolist() if i not in skip][:k]
+            return {
+                "user_id": user_id,
+                "items": [{"item_id": s.item_ids[i], "score": float(s.popular_counts[i])}
+                          for i in items],
+                "fallback": True,
+                "version": s.snapshot.version.name,
+            }
+        query = s.snapshot.users[idx][None, :]
+        exclude = None
+        if seen is not None and len(seen):
+            rows = s.row_of_item[seen[seen < len(s.row_of_item)]]
+            exclude = [rows[rows >= 0]]
+        scores, pos = s.index.search(query, k, exclude=exclude)
+        return {
+            "user_id": user_id,
+            "items": _items(s, scores[0], pos[0]),
+            "fallback": False,
+            "version": s.snapshot.version.name,
+        }
+
+    def similar(self, item_id: str, k: int = 10) -> dict:
+        """The ``k`` nearest items by inner product, never the item itself."""
+        _check_k(k)
+        s = self.served
+        idx = s.item_index.get(item_id)
+        if idx is None or not s.snapshot.has("item", idx):
+            raise UnknownItem(f"unknown item {item_id!r}: not in the store or the served version")
+        query = s.snapshot.items[idx][None, :]
+        exclude = [np.array([s.row_of_item[idx]])]
+        scores, pos = s.index.search(query, k, exclude=exclude)
+        return {"item_id": item_id, "items": _items(s, scores[0], pos[0])}
+
+    def embedding(self, kind: str, node_id: str) -> dict:
+        """The merged vector of a user or item, with where it came from."""
+        s = self.served
+        table = s.user_index if kind == "user" else s.item_index
+        idx = table.get(node_id)
+        if idx is None or not s.snapshot.has(kind, idx):
+            error = UnknownUser if kind == "user" else UnknownItem
+            raise error(f"unknown {kind} {node_id!r}: not in the store or the served version")
+        return {
+            "id": node_id,
+            "kind": kind,
+            "vector": [float(x) for x in s.snapshot.vector(kind, idx)],
+            "version": s.snapshot.version.name,
+            "source": s.snapshot.source(kind, idx),
+            "updated_at": float(s.snapshot.updated_at(kind, idx)),
+        }
+
+
+def _check_k(k: int) -> None:
+    if not 1 <= k <= 1000:
+        raise ValueError(f"k must be between 1 and 1000, got {k}")
+
+
+def _items(s: _Served, scores: np.ndarray, pos: np.ndarray) -> list[dict[str, object]]:
+    return [
+        {"item_id": s.item_ids[int(s.item_rows[p])], "score": float(sc)}
+        for sc, p in zip(scores.tolist(), pos.tolist(), strict=True)
+        if p >= 0
+    ]
+
+
+__all__ = ["NoActiveVersionError", "QueryService", "UnknownItem", "UnknownUser"]
