@@ -427,6 +427,39 @@ def evaluate(
     print(f"report written to {out}/report.md, report.html, metrics.json")
 
 
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="synthetic events to stream")] = 20_000,
+    model: Annotated[str, typer.Option(help="model of the full retrain")] = "lightgcn",
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    out: Annotated[Path, typer.Option(help="where the evaluation report goes")] = Path(
+        "var/demo-report"
+    ),
+    store: Annotated[
+        str, typer.Option(help="store URL (recreated on each run)")
+    ] = "sqlite:///./var/demo.db",
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this Kafka instead of the bundled broker")
+    ] = None,
+) -> None:
+    """The whole loop on embedded defaults: local broker, SQLite, synthetic stream.
+
+    Produces a stream, ingests it, retrains, shows a user's top-10 before and after a burst of
+    new events, and writes an evaluation report. Ctrl-C stops it and cleans up.
+    """
+    from streamrec.demo import DemoConfig, run_demo
+
+    _settings()
+    cfg = DemoConfig(events=events, model=model, epochs=epochs, seed=seed, out=out, store=store,
+                     bootstrap=bootstrap)
+    try:
+        run_demo(cfg, Console())
+    except KeyboardInterrupt:
+        console.print("interrupted; the broker was stopped")
+        raise typer.Exit(130) from None
+
+
 def main() -> None:
     app()
 
