@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -70,17 +71,27 @@ def broker(
     """
     from stream.broker import BrokerUnavailable, LocalBroker
 
+    local = LocalBroker(port=port, host=host)
+    stop_requested: list[str] = []
+
+    def _stop(signum: int, _frame: object) -> None:
+        stop_requested.append(signal.Signals(signum).name)
+
+    # handlers first: a Ctrl-C during start-up must not leave the broker behind
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        local = LocalBroker(port=port, host=host).start()
+        local.start()
     except BrokerUnavailable as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"local broker listening on [bold]{local.bootstrap}[/bold] (Ctrl-C to stop)")
     try:
-        local.wait()
-    except KeyboardInterrupt:
-        pass
+        while local.running and not stop_requested:
+            time.sleep(0.1)
     finally:
+        if stop_requested:
+            console.print(f"{stop_requested[0]}: stopping the broker")
         local.stop()
 
 
