@@ -35,6 +35,10 @@ class BPRRecommender(Recommender):
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:n]"``
             (default: ``"auto"``).
         progress: show a tqdm bar with the loss and the validation metric (default: ``True``).
+        recency_half_life_seconds: when set, every epoch draws its training edges with
+            probability halving per this age of the edge's latest event, measured from the
+            newest training event (recency-weighted training); ``None`` visits every
+            distinct edge once per epoch (default: ``None``).
 
     After :meth:`fit`, ``history_`` holds the :class:`~models.training.TrainHistory`.
 
@@ -46,6 +50,7 @@ class BPRRecommender(Recommender):
     _param_names: tuple[str, ...] = (
         "embedding_dim", "epochs", "batch_size", "lr", "reg_weight", "negative_sampler",
         "patience", "eval_every", "k", "seed", "device", "progress",
+        "recency_half_life_seconds",
     )
 
     def __init__(
@@ -63,6 +68,7 @@ class BPRRecommender(Recommender):
         seed: int = 0,
         device: str = "auto",
         progress: bool = True,
+        recency_half_life_seconds: float | None = None,
     ) -> None:
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
@@ -78,6 +84,7 @@ class BPRRecommender(Recommender):
         self.seed = seed
         self.device = device
         self.progress = progress
+        self.recency_half_life_seconds = recency_half_life_seconds
         self._config()  # fail fast on bad arguments, before any data is seen
         resolve_device(device)
         self.module_: nn.Module | None = None
@@ -91,6 +98,7 @@ class BPRRecommender(Recommender):
             reg_weight=self.reg_weight, negative_sampler=self.negative_sampler,
             patience=self.patience, eval_every=self.eval_every, k=self.k, seed=self.seed,
             progress=self.progress, desc=self.name,
+            recency_half_life=self.recency_half_life_seconds,
         )
 
     @abstractmethod

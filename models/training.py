@@ -44,11 +44,15 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     desc: str = "bpr"
+    recency_half_life: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_every", "k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.recency_half_life is not None and not self.recency_half_life > 0:
+            raise ValueError(f"recency_half_life must be > 0 seconds or None, got "
+                             f"{self.recency_half_life}")
         if self.lr <= 0 or self.reg_weight < 0:
             raise ValueError(f"need lr > 0 and reg_weight >= 0, got {self.lr}, {self.reg_weight}")
         if self.negative_sampler not in NEGATIVE_SAMPLERS:
@@ -154,6 +158,26 @@ def recall_at_k(
     return total / len(users)
 
 
+def recency_weights(graph: InteractionGraph, half_life: float) -> np.ndarray:
+    """float64 ``[E']`` sampling weight of every distinct edge, in :func:`unique_edges`
+    order: ``0.5 ** (age / half_life)``, the age of an edge being the time from its latest
+    event to the newest event of ``graph`` (so the newest edges weigh 1).
+
+    >>> g = InteractionGraph.from_arrays([0, 0, 1, 0], [0, 1, 0, 0], [0.0, 10.0, 20.0, 15.0])
+    >>> recency_weights(g, half_life=5.0).tolist()  # edges (0,0)@15, (0,1)@10, (1,0)@20
+    [0.5, 0.25, 1.0]
+    """
+    if not half_life > 0:
+        raise ValueError(f"half_life must be > 0, got {half_life}")
+    n = max(graph.num_items, 1)
+    keys = graph.user * n + graph.item
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    latest = np.full(len(distinct), -np.inf)
+    np.maximum.at(latest, inverse.reshape(-1), graph.ts)
+    age = graph.ts.max() - latest if graph.num_edges else latest
+    return np.exp2(-age / half_life)
+
+
 def sample_negatives(
     sampler: NegativeSampler,
     users: torch.Tensor,
@@ -207,7 +231,8 @@ def train_bpr(
 
     Each epoch shuffles the edges, draws one negative per edge (never an item the user has
     in ``graph``; in-batch negatives excepted after 10 redraws) and takes one Adam step per
-    batch. With ``valid``, Recall@``k`` is measured every ``eval_every`` epochs, training
+    batch. With ``config.recency_half_life`` an epoch instead draws as many edges, with
+    replacement, with probability proportional to :func:`recency_weights`. With ``valid``, Recall@``k`` is measured every ``eval_every`` epochs, training
     stops after ``patience`` evaluations without improvement and the best weights are
     restored. Deterministic given ``config.seed`` on CPU.
     """
@@ -223,6 +248,9 @@ def train_bpr(
     optimizer = make_adam(module.parameters(), config.lr)
     stopper, history = EarlyStopping(config.patience), TrainHistory()
     n, bs = len(users), config.batch_size
+    edge_weights = None
+    if config.recency_half_life is not None:
+        edge_weights = torch.from_numpy(recency_weights(graph, config.recency_half_life))
     bar = tqdm(total=config.epochs * math.ceil(n / bs), desc=config.desc,
                disable=not config.progress, unit="batch", dynamic_ncols=True)
     postfix: dict[str, str] = {}
@@ -230,7 +258,10 @@ def train_bpr(
         for epoch in range(1, config.epochs + 1):
             start, total = time.perf_counter(), torch.zeros((), device=device)
             module.train()
-            perm = torch.randperm(n, generator=gen)
+            if edge_weights is None:
+                perm = torch.randperm(n, generator=gen)
+            else:
+                perm = torch.multinomial(edge_weights, n, replacement=True, generator=gen)
             for lo in range(0, n, bs):
                 idx = perm[lo: lo + bs]
                 u, p = users[idx], items[idx]

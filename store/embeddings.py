@@ -298,9 +298,16 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------- reads
     def load(
-        self, version_id: int | None = None, *, include_updater_state: bool = False
+        self,
+        version_id: int | None = None,
+        *,
+        include_updater_state: bool = False,
+        include_overlay: bool = True,
     ) -> EmbeddingSnapshot:
         """The merged embeddings of a version (default: the active one), read atomically.
+
+        ``include_overlay=False`` gives the base matrices alone (what the incremental
+        updater replays from).
 
         The pointer, the version's base matrices and its overlay rows come from one read
         transaction (a snapshot), so a concurrent activation or prune never shows a mix.
@@ -328,7 +335,7 @@ class EmbeddingStore:
                 select(o.c.kind, o.c.idx, o.c.vector, o.c.updated_at)
                 .where(o.c.base_version_id == info.id)
                 .order_by(o.c.kind, o.c.idx)
-            ).all()
+            ).all() if include_overlay else []
             updater = None
             if include_updater_state:
                 t = es.embedding_versions
@@ -378,39 +385,39 @@ class EmbeddingStore:
             UnknownVersionError: the base version does not exist.
             ValueError: shapes, dim or values are wrong; nothing is written.
         """
-        es.check_kind(kind)
         base_version_id = _version_id(base_version_id)
-        index = np.asarray(idx)
-        if index.ndim != 1 or (index.size and not np.issubdtype(index.dtype, np.integer)):
-            raise ValueError(f"idx must be a 1-d integer array, got {index.dtype} {index.shape}")
-        if index.size and index.min() < 0:
-            raise ValueError(f"idx must be >= 0, got {int(index.min())}")
-        vecs = es.as_vectors(vectors, "vectors")
-        if vecs.shape[0] != index.size:
-            raise ValueError(f"{index.size} indices but {vecs.shape[0]} vectors")
-        times = np.asarray(updated_at, np.float64)
-        if times.ndim > 1 or (times.ndim == 1 and times.shape != index.shape):
-            raise ValueError(f"updated_at must be one float or [{index.size}], got {times.shape}")
-        times = np.broadcast_to(times, index.shape)
-        if not np.isfinite(times).all():
-            raise ValueError("updated_at must be finite epoch seconds")
-        last = {int(i): n for n, i in enumerate(index)}  # a repeated idx keeps its last row
-        rows = [
-            {
-                "kind": kind,
-                "idx": i,
-                "vector": vecs[n].tobytes(),
-                "updated_at": float(times[n]),
-                "base_version_id": base_version_id,
-            }
-            for i, n in last.items()
-        ]
+        rows, dim = _overlay_rows(base_version_id, kind, idx, vectors, updated_at)
+        self._upsert_overlay(base_version_id, rows, dim)
+
+    def write_overlay_nodes(
+        self,
+        base_version_id: int,
+        parts: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | float]],
+    ) -> None:
+        """Several :meth:`write_overlay` calls, e.g. users and items, in ONE transaction.
+
+        ``parts`` holds ``(kind, idx, vectors, updated_at)`` tuples as :meth:`write_overlay`
+        takes them.
+        """
+        base_version_id = _version_id(base_version_id)
+        rows: list[dict[str, Any]] = []
+        dim: int | None = None
+        for kind, idx, vectors, updated_at in parts:
+            part, part_dim = _overlay_rows(base_version_id, kind, idx, vectors, updated_at)
+            if dim is not None and part_dim != dim:
+                raise ValueError(f"parts disagree on dim: {dim} vs {part_dim}")
+            rows.extend(part)
+            dim = part_dim
+        if dim is not None:
+            self._upsert_overlay(base_version_id, rows, dim)
+
+    def _upsert_overlay(self, base_version_id: int, rows: list[dict[str, Any]], dim: int) -> None:
         o = es.embedding_overlay
         with self._writer.begin() as conn:
             self._lock(conn, shared=True)
             info = self._version(conn, base_version_id)
-            if vecs.shape[1] != info.dim:
-                raise ValueError(f"vectors have dim {vecs.shape[1]}, {info.name} has {info.dim}")
+            if dim != info.dim:
+                raise ValueError(f"vectors have dim {dim}, {info.name} has {info.dim}")
             if not rows:
                 return
             active = self._active_id(conn)
@@ -491,3 +498,36 @@ def _delta(rows: Sequence[Any], dim: int, base_version_id: int | None = None) ->
         updated_at=np.fromiter((r[3] for r in rows), np.float64, len(rows)),
         base_version_id=base_version_id,
     )
+
+
+def _overlay_rows(
+    base_version_id: int, kind: str, idx: Any, vectors: Any, updated_at: Any
+) -> tuple[list[dict[str, Any]], int]:
+    """Validated overlay rows of one kind and their dim; a repeated idx keeps its last row."""
+    es.check_kind(kind)
+    index = np.asarray(idx)
+    if index.ndim != 1 or (index.size and not np.issubdtype(index.dtype, np.integer)):
+        raise ValueError(f"idx must be a 1-d integer array, got {index.dtype} {index.shape}")
+    if index.size and index.min() < 0:
+        raise ValueError(f"idx must be >= 0, got {int(index.min())}")
+    vecs = es.as_vectors(vectors, "vectors")
+    if vecs.shape[0] != index.size:
+        raise ValueError(f"{index.size} indices but {vecs.shape[0]} vectors")
+    times = np.asarray(updated_at, np.float64)
+    if times.ndim > 1 or (times.ndim == 1 and times.shape != index.shape):
+        raise ValueError(f"updated_at must be one float or [{index.size}], got {times.shape}")
+    times = np.broadcast_to(times, index.shape)
+    if not np.isfinite(times).all():
+        raise ValueError("updated_at must be finite epoch seconds")
+    last = {int(i): n for n, i in enumerate(index)}
+    rows = [
+        {
+            "kind": kind,
+            "idx": i,
+            "vector": vecs[n].tobytes(),
+            "updated_at": float(times[n]),
+            "base_version_id": base_version_id,
+        }
+        for i, n in last.items()
+    ]
+    return rows, vecs.shape[1]

@@ -177,6 +177,10 @@ def ingest(
     batch_size: Annotated[
         int | None, typer.Option(help="records per transaction [default 2000]")
     ] = None,
+    update: Annotated[
+        bool, typer.Option("--update/--no-update", help="run the incremental updater on each "
+                           "batch (overlay rows of the active version)")
+    ] = True,
     store: StoreOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
@@ -199,6 +203,12 @@ def ingest(
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
     )
     dlq = EventProducer(server, settings.dead_letter_topic) if settings.dead_letter_topic else None
+    live = None
+    if update:
+        from store.embeddings import EmbeddingStore
+        from streamrec.live import LiveUpdater
+
+        live = LiveUpdater(graph, EmbeddingStore(graph.engine))
     loop = IngestLoop(
         consumer, graph,
         batch_size=settings.batch_size,
@@ -206,6 +216,7 @@ def ingest(
         idle_exit_s=idle_exit,
         dead_letter_producer=dlq,
         join_grace_s=settings.kafka_max_poll_interval_ms / 1000 + 10,
+        on_batch=live,
     )
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -221,7 +232,12 @@ def ingest(
         consumer.close(autocommit=False)
         if dlq is not None:
             dlq.close()
-    print(f"ingest done: {stats.summary()}")
+    line = f"ingest done: {stats.summary()}"
+    if live is not None:
+        ls = live.stats
+        line += (f" updated_events={ls.events} replayed={ls.replayed_events} "
+                 f"overlay_rows={ls.rows_written} update_seconds={ls.seconds:.1f}")
+    print(line)
 
 
 def _parse_ts(value: str | None) -> float | None:

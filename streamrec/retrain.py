@@ -38,6 +38,8 @@ class RetrainPlan:
             The model is then refitted on the whole snapshot for the best epoch count.
         seed: the only source of randomness.
         keep: embedding versions whose vectors are kept (default 3).
+        train_updater: also train the incremental updater on the held-back window and
+            publish its weights with the version (default True; needs validation).
         extra: further keyword arguments of the model.
     """
 
@@ -49,6 +51,7 @@ class RetrainPlan:
     seed: int = 0
     keep: int = 3
     progress: bool = True
+    train_updater: bool = True
     extra: dict[str, object] = field(default_factory=dict)
 
     def model_kwargs(self) -> dict[str, object]:
@@ -85,25 +88,57 @@ def _has_scorable_user(train: InteractionGraph, valid: InteractionGraph) -> bool
     return any(pair not in seen for pair in pairs)
 
 
-def fit_model(plan: RetrainPlan, graph: InteractionGraph) -> tuple[Recommender, dict[str, float]]:
-    """Fit ``plan.model`` on ``graph``; returns the model and its validation metrics."""
+@dataclass
+class FitOutcome:
+    """The served model, its validation metrics, and the updater trained alongside it."""
+
+    model: Recommender
+    metrics: dict[str, float]
+    updater_state: bytes | None = None
+
+
+def fit_model(plan: RetrainPlan, graph: InteractionGraph) -> FitOutcome:
+    """Fit ``plan.model`` on ``graph`` (early stopping on the newest events), then train the
+    incremental updater by ROLAND's live-update scheme on that same held-back window, starting
+    from the model fitted before it, and refit the model on all events."""
     kwargs = plan.model_kwargs()
     train, valid = split_for_validation(graph, plan.valid_fraction)
     metrics: dict[str, float] = {}
     model = make_model(plan.model, **kwargs)
     if valid is None:
-        return model.fit(graph), metrics
+        return FitOutcome(model.fit(graph), metrics)
     model.fit(train, valid)
     history = getattr(model, "history_", None)
     if history is None or not history.valid:
         # nothing to select (e.g. popularity): the fit on all events is the model
-        return make_model(plan.model, **kwargs).fit(graph), metrics
+        return FitOutcome(make_model(plan.model, **kwargs).fit(graph), metrics)
     metrics["valid_recall@20"] = float(history.best_metric or 0.0)
     metrics["best_epoch"] = float(history.best_epoch or len(history.loss))
+    state = None
+    if plan.train_updater:
+        state = _train_updater(plan, graph, model, valid.num_edges / graph.num_edges, metrics)
     refit_kwargs = {**kwargs, "epochs": max(1, int(metrics["best_epoch"]))}
     log.info("refitting %s on all %d events for %d epochs", plan.model, graph.num_edges,
              refit_kwargs["epochs"])
-    return make_model(plan.model, **refit_kwargs).fit(graph), metrics
+    return FitOutcome(make_model(plan.model, **refit_kwargs).fit(graph), metrics, state)
+
+
+def _train_updater(plan: RetrainPlan, graph: InteractionGraph, early: Recommender,
+                   holdout: float, metrics: dict[str, float]) -> bytes | None:
+    """Live-update training: base = the model fitted before the held-back window."""
+    from models.live_update import LiveUpdateHistory, train_live_update
+
+    base = (early.user_embeddings(), early.item_embeddings())
+    if base[0].shape[1] < 2:
+        return None  # a 1-d popularity score has nothing for attention to work on
+    history = LiveUpdateHistory()
+    started = time.perf_counter()
+    module = train_live_update(graph, base, holdout=holdout, seed=plan.seed,
+                               progress=plan.progress, history=history)
+    metrics["updater_seconds"] = time.perf_counter() - started
+    if history.valid:
+        metrics["updater_valid_recall@20"] = float(max(v for _, v in history.valid))
+    return module.to_bytes()
 
 
 def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPlan) -> VersionInfo:
@@ -119,7 +154,8 @@ def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPl
         when = "" if plan.cutoff is None else f" up to cutoff {plan.cutoff}"
         raise RetrainError(f"the store holds no interactions{when}; ingest events first")
     cutoff = plan.cutoff if plan.cutoff is not None else float(graph.ts.max())
-    model, metrics = fit_model(plan, graph)
+    outcome = fit_model(plan, graph)
+    model, metrics = outcome.model, outcome.metrics
     metrics.update(
         train_seconds=time.perf_counter() - started,
         num_edges=float(graph.num_edges),
@@ -131,6 +167,7 @@ def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPl
         model.item_embeddings().numpy(),
         hyper_parameters={"model": plan.model, **model.hyper_parameters(), "seed": plan.seed},
         metrics=metrics,
+        updater_state=outcome.updater_state,
     )
     embeddings.activate(version_id, keep=plan.keep)
     info = embeddings.get_version(version_id)

@@ -9,7 +9,7 @@ from torch import nn
 
 from models.base import InteractionGraph
 from models.mf import MFBPR
-from models.training import EarlyStopping, TrainConfig, recall_at_k
+from models.training import EarlyStopping, TrainConfig, recall_at_k, recency_weights
 from tests.models.conftest import Planted
 
 
@@ -95,3 +95,33 @@ def test_progress_bar_shows_loss_and_metric(planted: Planted, capsys) -> None:
                                                                         planted.valid)
     err = capsys.readouterr().err
     assert "loss=" in err and "recall@20=" in err
+
+
+def test_recency_weights_halve_per_half_life_of_each_edges_latest_event() -> None:
+    g = InteractionGraph.from_arrays([1, 0, 1, 0, 1], [2, 0, 2, 1, 0],
+                                     [0.0, 30.0, 40.0, 10.0, 10.0], num_items=3)
+    # distinct edges by user then item: (0,0)@30, (0,1)@10, (1,0)@10, (1,2)@40 (latest)
+    assert recency_weights(g, half_life=10.0).tolist() == pytest.approx(
+        [0.5, 0.125, 0.125, 1.0])
+    with pytest.raises(ValueError, match="half_life"):
+        recency_weights(g, half_life=0.0)
+    with pytest.raises(ValueError, match="recency_half_life"):
+        MFBPR(recency_half_life_seconds=-1.0)
+
+
+@pytest.mark.parametrize("half_life", [None, 1.0])
+def test_recency_weighted_training_skips_stale_edges(half_life: float | None) -> None:
+    # users 0-2 only have edges a year old, users 3-5 edges from the last second: with a
+    # one-second half-life the stale edges are (numerically) never drawn, so those users'
+    # rows keep their initial values; by default every edge is visited every epoch.
+    rng = np.random.default_rng(0)
+    user = np.repeat(np.arange(6), 5)
+    item = rng.integers(0, 10, 30)
+    ts = np.where(user < 3, 0.0, 365 * 86400.0)
+    g = InteractionGraph.from_arrays(user, item, ts, num_items=10)
+    model = MFBPR(embedding_dim=4, epochs=3, batch_size=8, lr=0.05, progress=False,
+                  recency_half_life_seconds=half_life).fit(g)
+    init = model.build_module(g, torch.Generator().manual_seed(0), torch.device("cpu"))
+    unchanged = (model.user_embeddings() == init.user.weight.detach()).all(1).tolist()
+    assert unchanged == ([True] * 3 + [False] * 3 if half_life else [False] * 6)
+    assert model.hyper_parameters()["recency_half_life_seconds"] == half_life

@@ -1,0 +1,213 @@
+"""The trainable part of the incremental updater: per layer, a TGAT-style temporal attention
+of each affected node over its recent neighbours and a ROLAND-style update of the node's
+previous state, plus the learned starting state of nodes the base version does not know.
+
+The module holds only parameters; node states, neighbour buffers and the per-batch loop
+live in :class:`models.incremental_updater.IncrementalUpdater`. A trained module travels
+with its base version as bytes (:meth:`TemporalUpdater.to_bytes`, in memory).
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+
+from models.state_update import STATE_UPDATES, make_state_update
+from models.temporal_attention import TemporalAttention
+
+SIDES = ("user", "item")
+
+
+class TemporalUpdater(nn.Module):
+    r"""Per-layer attention + state update for both sides of the user-item graph.
+
+    Layer ``l`` updates an affected node ``v`` of side ``s`` (user or item) as
+    :math:`H^l_v \leftarrow \mathrm{UPDATE}^l_s(H^l_v,\ \mathrm{ATTN}^l_s(H^l_v,
+    \{H^{l-1}_u, t - t_{uv}, w_{uv}\}_{u \in N(v)}))`, where :math:`H^0` is the current
+    output state (:math:`H^L`, before the batch) and users and items have their own
+    attention and update. With one layer (the default) the node's new state sees its
+    direct neighbours; a second layer lets this batch's changes reach one hop further
+    (e.g. a new item whose only users are new in the same batch) at about twice the cost.
+
+    Args:
+        embedding_dim: ``d``; must equal the base embeddings' width.
+        num_layers: ``1`` or ``2`` (default: ``1``).
+        time_dim: size of the time encoding (default: ``16``).
+        num_heads: attention heads (default: ``2``).
+        key_dim: query/key size per head (default: ``32``).
+        update: ``"gru"``, ``"moving_average"`` or ``"mlp"`` (default: ``"gru"``).
+        item_feature_dim: width of optional item content features; a new item starts from
+            ``new_item + Linear(features)`` (default: ``0``, no features).
+        user_history_weight: ``w`` of the users' updates: one edge of a user's history
+            weighs as much as ``w`` new edges in the keep ratio (default: ``1.0``, ROLAND's).
+        item_history_weight: the same for items (default: ``4.0``). An item's base embedding
+            sums up many users; the few users of one batch, averaged, blur what tells it
+            from other items of its kind, so items move more slowly than users by default.
+            New items (no history) take their fresh embedding whatever ``w`` is.
+        dropout: attention dropout while training (default: ``0.0``).
+        seed: seed of the initial weights, drawn without touching torch's global generator;
+            ``None`` draws from the global generator (default: ``0``).
+
+    A node the base does not know starts from the learned ``new_user``/``new_item`` vector
+    (zeros at initialisation), and its first neighbours' attention gives its embedding.
+
+    >>> m = TemporalUpdater(8, time_dim=4)
+    >>> m.initial_state("user", 3).shape
+    torch.Size([3, 8])
+    >>> TemporalUpdater.from_bytes(m.to_bytes()).hyper_parameters() == m.hyper_parameters()
+    True
+    >>> m  # doctest: +ELLIPSIS
+    TemporalUpdater(embedding_dim=8, num_layers=1, time_dim=4, num_heads=2, key_dim=32, ...)
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        *,
+        num_layers: int = 1,
+        time_dim: int = 16,
+        num_heads: int = 2,
+        key_dim: int = 32,
+        update: str = "gru",
+        item_feature_dim: int = 0,
+        user_history_weight: float = 1.0,
+        item_history_weight: float = 4.0,
+        dropout: float = 0.0,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__()
+        if num_layers not in (1, 2):
+            raise ValueError(f"num_layers must be 1 or 2, got {num_layers}")
+        if update not in STATE_UPDATES:
+            raise ValueError(f"unknown update {update!r}; choose one of {STATE_UPDATES}")
+        if item_feature_dim < 0:
+            raise ValueError(f"item_feature_dim must be >= 0, got {item_feature_dim}")
+        self.embedding_dim, self.num_layers, self.time_dim = embedding_dim, num_layers, time_dim
+        self.num_heads, self.key_dim = num_heads, key_dim
+        self.update, self.dropout = update, dropout
+        self.item_feature_dim, self.seed = item_feature_dim, seed
+        self.user_history_weight = user_history_weight
+        self.item_history_weight = item_history_weight
+        weights = {"user": user_history_weight, "item": item_history_weight}
+        # Sub-layers draw their default initialisation as they are built: keep those draws
+        # off the global generator too (reset_parameters() then re-draws from the seed).
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            self.attention = nn.ModuleList(
+                nn.ModuleDict({
+                    s: TemporalAttention(embedding_dim, time_dim, num_heads, key_dim, dropout)
+                    for s in SIDES
+                })
+                for _ in range(num_layers)
+            )
+            self.updates = nn.ModuleList(
+                nn.ModuleDict({s: make_state_update(update, embedding_dim, weights[s])
+                               for s in SIDES})
+                for _ in range(num_layers)
+            )
+            self.new_user = nn.Parameter(torch.zeros(embedding_dim))
+            self.new_item = nn.Parameter(torch.zeros(embedding_dim))
+            self.item_projection = (
+                nn.Linear(item_feature_dim, embedding_dim, bias=False) if item_feature_dim else None
+            )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every layer from ``seed`` and zero the new-node vectors."""
+        with torch.random.fork_rng(devices=[], enabled=self.seed is not None):
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            for layer in (*self.attention, *self.updates):
+                for module in layer.values():
+                    module.reset_parameters()
+            if self.item_projection is not None:
+                self.item_projection.reset_parameters()
+        with torch.no_grad():
+            self.new_user.zero_()
+            self.new_item.zero_()
+
+    def hyper_parameters(self) -> dict[str, object]:
+        """Constructor arguments (what :meth:`from_bytes` rebuilds the module from)."""
+        return {
+            "embedding_dim": self.embedding_dim, "num_layers": self.num_layers,
+            "time_dim": self.time_dim, "num_heads": self.num_heads, "key_dim": self.key_dim,
+            "update": self.update,
+            "item_feature_dim": self.item_feature_dim,
+            "user_history_weight": self.user_history_weight,
+            "item_history_weight": self.item_history_weight,
+            "dropout": self.dropout, "seed": self.seed,
+        }
+
+    def initial_state(
+        self, side: str, n: int, features: torch.Tensor | None = None,
+        has_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Starting state ``[n, d]`` of ``n`` nodes of ``side`` without a previous state.
+
+        For items, ``features`` ``[n, item_feature_dim]`` are projected and added where
+        ``has_features`` ``[n]`` (bool, default all) is True."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        base = (self.new_user if side == "user" else self.new_item).expand(n, -1)
+        if side == "user" or features is None:
+            return base
+        if self.item_projection is None:
+            raise ValueError("item features were given but the updater was built with "
+                             "item_feature_dim=0; pass item_feature_dim=<width>")
+        if features.shape != (n, self.item_feature_dim):
+            raise ValueError(f"item features must be [{n}, {self.item_feature_dim}], got "
+                             f"{tuple(features.shape)}")
+        projected = self.item_projection(features.to(base.dtype))
+        if has_features is not None:
+            projected = projected * has_features.to(base.dtype).unsqueeze(-1)
+        return base + projected
+
+    def step(
+        self,
+        layer: int,
+        side: str,
+        state: torch.Tensor,
+        nbr_state: torch.Tensor,
+        dt: torch.Tensor,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        deg_old: torch.Tensor,
+        deg_new: torch.Tensor,
+    ) -> torch.Tensor:
+        """New states ``[B, d]`` of ``B`` nodes of ``side`` at ``layer``: their previous
+        states ``[B, d]``, neighbours' states ``[B, N, d]``, gaps in seconds ``[B, N]``,
+        edge weights ``[B, N]``, validity ``mask`` ``[B, N]`` and degrees ``[B]``."""
+        fresh = self.attention[layer][side](state, nbr_state, dt, weight, mask)
+        return self.updates[layer][side](state, fresh, deg_old, deg_new)
+
+    def to_bytes(self) -> bytes:
+        """Hyper-parameters and weights, serialised with :func:`torch.save` in memory."""
+        buffer = io.BytesIO()
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save({"hyper_parameters": self.hyper_parameters(), "state_dict": state}, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, map_location: str | torch.device = "cpu") -> TemporalUpdater:
+        """The module :meth:`to_bytes` wrote, on ``map_location`` (default: CPU), in eval mode."""
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        if not isinstance(payload, dict) or "hyper_parameters" not in payload:
+            raise ValueError("these bytes are not a TemporalUpdater written by to_bytes()")
+        module = cls(**payload["hyper_parameters"])
+        module.load_state_dict(payload["state_dict"])
+        return module.to(map_location).eval()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper_parameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+def updater_to_bytes(module: TemporalUpdater) -> bytes:
+    """Same as ``module.to_bytes()``."""
+    return module.to_bytes()
+
+
+def updater_from_bytes(data: bytes, map_location: str | torch.device = "cpu") -> TemporalUpdater:
+    """Same as ``TemporalUpdater.from_bytes(data, map_location)``."""
+    return TemporalUpdater.from_bytes(data, map_location)

@@ -1,0 +1,171 @@
+"""IncrementalUpdater: only affected nodes move, new nodes, the time-order rule, state and
+devices, and fail-fast checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from models.incremental_updater import IncrementalUpdater
+from models.neighbour_buffer import NeighbourBuffer
+from models.state_update import STATE_UPDATES
+from models.updater import TemporalUpdater
+from tests.models.updater_data import drift_world, svd_base, topic_share
+
+DIM = 8
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def module(seed: int = 0, **kwargs: object) -> TemporalUpdater:
+    return TemporalUpdater(DIM, time_dim=4, key_dim=8, seed=seed, **kwargs)  # type: ignore[arg-type]
+
+
+def world_updater(**kwargs: object) -> tuple[IncrementalUpdater, object]:
+    w = drift_world(seed=0)
+    base_user, base_item = svd_base(w.period1, DIM)
+    inc = IncrementalUpdater(base_user, base_item, module(**kwargs),
+                             NeighbourBuffer.from_graph(w.period1, 10), device="cpu")
+    return inc, w
+
+
+@pytest.mark.parametrize("update", STATE_UPDATES)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_updates_touch_only_the_affected_nodes(update: str, num_layers: int) -> None:
+    inc, w = world_updater(update=update, num_layers=num_layers)
+    users0, items0 = inc.user_embeddings(), inc.item_embeddings()
+    res = inc.update([3, 3, 41], [5, 30, 30], [2.1e6, 2.2e6, 2.3e6], [1.0, 2.0, 1.0])
+    assert res.user_idx.tolist() == [3, 41] and res.item_idx.tolist() == [5, 30]
+    assert res.user_vectors.dtype == np.float32 and res.user_vectors.shape == (2, DIM)
+    assert res.user_updated_at.tolist() == [2.2e6, 2.3e6]
+    assert res.item_updated_at.tolist() == [2.1e6, 2.3e6] and res.updated_at == 2.3e6
+    users1, items1 = inc.user_embeddings(), inc.item_embeddings()
+    np.testing.assert_array_equal(users1[res.user_idx].numpy(), res.user_vectors)
+    np.testing.assert_array_equal(items1[res.item_idx].numpy(), res.item_vectors)
+    untouched_u = np.setdiff1d(np.arange(inc.num_users), res.user_idx)
+    untouched_i = np.setdiff1d(np.arange(inc.num_items), res.item_idx)
+    torch.testing.assert_close(users1[untouched_u], users0[untouched_u], rtol=0, atol=0)
+    torch.testing.assert_close(items1[untouched_i], items0[untouched_i], rtol=0, atol=0)
+    assert not torch.allclose(users1[3], users0[3])
+    assert np.isfinite(res.user_vectors).all() and np.isfinite(res.item_vectors).all()
+
+
+@pytest.mark.parametrize("update", STATE_UPDATES)
+def test_new_user_lands_near_the_items_it_touched(update: str) -> None:
+    inc, w = world_updater(update=update)
+    new_user = inc.num_users + 2  # indices may skip: the gap gets new-node rows too
+    a_items = np.flatnonzero(w.item_topic == 0)[:5]
+    res = inc.update([new_user] * 5, a_items, 2.5e6 + np.arange(5))
+    assert inc.num_users == new_user + 1 and res.user_idx.tolist() == [new_user]
+    share_a = topic_share(inc.user_embeddings(), inc.item_embeddings(), np.array([new_user]),
+                          w.item_topic, topic=0)
+    assert share_a >= 0.9
+
+
+def test_new_item_with_features_starts_from_its_projection() -> None:
+    inc, _ = world_updater(item_feature_dim=3)
+    with torch.no_grad():
+        inc.updater.item_projection.weight.fill_(0.5)
+    new_item = inc.num_items
+    inc.add_item_features([new_item], [[1.0, 2.0, 3.0]])
+    plain, _ = world_updater(item_feature_dim=3)
+    with torch.no_grad():
+        plain.updater.item_projection.weight.fill_(0.5)
+    a = inc.update([0], [new_item], [2.5e6]).item_vectors
+    b = plain.update([0], [new_item], [2.5e6]).item_vectors
+    assert not np.allclose(a, b)
+    with pytest.raises(ValueError, match="item_feature_dim=0"):
+        world_updater()[0].add_item_features([0], [[1.0]])
+
+
+def test_time_never_runs_backwards() -> None:
+    """An event older than the node's last update joins the buffer in time order, and the
+    node is recomputed as of its last update time, not the event's."""
+    inc, _ = world_updater()
+    inc.update([7], [2], [3.0e6])
+    user_before = inc.state_tables("user")[0][7].clone()
+    items_before = inc.state_tables("item")[0].clone()
+    degree_before = int(inc.buffer.degree("user", [7])[0])
+    res = inc.update([7], [25], [2.5e6])  # older than user 7's last update
+    assert res.user_updated_at.tolist() == [3.0e6] and res.updated_at == 3.0e6
+    assert res.item_updated_at.tolist() == [2.5e6]  # item 25's own clock is earlier
+    assert inc.last_update("user", [7]).tolist() == [3.0e6]
+    nbr, ts, weight, mask = inc.buffer.recent("user", [7])
+    assert np.all(np.diff(ts[mask]) >= 0) and 2.5e6 in ts[mask] and ts[mask][-1] == 3.0e6
+    with torch.no_grad():  # the same state, recomputed by hand as of t = 3.0e6
+        expected = inc.scale * inc.updater.step(
+            0, "user", user_before[None] / inc.scale,
+            items_before[torch.from_numpy(nbr)] / inc.scale,
+            torch.from_numpy(3.0e6 - ts), torch.from_numpy(weight), torch.from_numpy(mask),
+            torch.tensor([degree_before]), torch.tensor([1]),
+        )
+    np.testing.assert_allclose(res.user_vectors[0], expected[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_fails_fast_on_dimension_mismatches() -> None:
+    with pytest.raises(ValueError, match="trained for d=8"):
+        IncrementalUpdater(torch.zeros(3, 4), torch.zeros(3, 4), module(), device="cpu")
+    with pytest.raises(ValueError, match="one base version"):
+        IncrementalUpdater(torch.zeros(3, 8), torch.zeros(3, 4), module(), device="cpu")
+    with pytest.raises(ValueError, match="2-D"):
+        IncrementalUpdater(torch.zeros(8), torch.zeros(3, 8), module(), device="cpu")
+    with pytest.raises(ValueError, match="NaN"):
+        IncrementalUpdater(torch.full((2, 8), float("nan")), torch.zeros(3, 8), module(),
+                           device="cpu")
+    inc = IncrementalUpdater(torch.zeros(3, 8), torch.zeros(3, 8), module(), device="cpu")
+    with pytest.raises(ValueError, match="one length"):
+        inc.update([0, 1], [0], [1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        inc.update([-1], [0], [1.0])
+    empty = inc.update([], [], [])
+    assert empty.user_idx.shape == (0,) and empty.user_vectors.shape == (0, DIM)
+
+
+def test_state_dict_round_trip_resumes_identically() -> None:
+    inc, w = world_updater(num_layers=2, update="moving_average")
+    p2 = w.period2
+    half = p2.num_edges // 2
+    inc.update(p2.user[:half], p2.item[:half], p2.ts[:half])
+    state = inc.state_dict()
+    clone = IncrementalUpdater(torch.zeros(1, DIM), torch.zeros(1, DIM),
+                               module(seed=5, num_layers=2, update="moving_average"),
+                               NeighbourBuffer(10), device="cpu").load_state_dict(state)
+    a = inc.update(p2.user[half:], p2.item[half:], p2.ts[half:])
+    b = clone.update(p2.user[half:], p2.item[half:], p2.ts[half:])
+    np.testing.assert_array_equal(a.user_vectors, b.user_vectors)
+    np.testing.assert_array_equal(a.item_vectors, b.item_vectors)
+    with pytest.raises(ValueError, match="layer"):
+        IncrementalUpdater(torch.zeros(1, DIM), torch.zeros(1, DIM), module(),
+                           device="cpu").load_state_dict(state)
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="CUDA is not available")),
+])
+def test_device_round_trip(device: str) -> None:
+    ref, w = world_updater()
+    moved, _ = world_updater()
+    moved.to(device)
+    assert moved.device.type == device
+    p2 = w.period2
+    a = ref.update(p2.user[:200], p2.item[:200], p2.ts[:200])
+    b = moved.update(p2.user[:200], p2.item[:200], p2.ts[:200])
+    assert isinstance(b.user_vectors, np.ndarray)
+    np.testing.assert_allclose(a.user_vectors, b.user_vectors, rtol=1e-4, atol=1e-5)
+    moved.to("cpu")
+    assert all(t.device.type == "cpu" for t in moved.state_tables("user"))
+    assert next(moved.updater.parameters()).device.type == "cpu"
+    c = ref.update(p2.user[200:300], p2.item[200:300], p2.ts[200:300])
+    d = moved.update(p2.user[200:300], p2.item[200:300], p2.ts[200:300])
+    np.testing.assert_allclose(c.item_vectors, d.item_vectors, rtol=1e-4, atol=1e-5)
