@@ -227,14 +227,13 @@ def train_bpr(
     valid: InteractionGraph | None = None,
     device: torch.device | None = None,
 ) -> TrainHistory:
-    """Train ``module`` in place by mini-batch BPR over the distinct training edges.
-
-    Each epoch shuffles the edges, draws one negative per edge (never an item the user has
-    in ``graph``; in-batch negatives excepted after 10 redraws) and takes one Adam step per
-    batch. With ``config.recency_half_life`` an epoch instead draws as many edges, with
-    replacement, with probability proportional to :func:`recency_weights`. With ``valid``, Recall@``k`` is measured every ``eval_every`` epochs, training
-    stops after ``patience`` evaluations without improvement and the best weights are
-    restored. Deterministic given ``config.seed`` on CPU.
+    """Train ``module`` in place by mini-batch BPR over the distinct training edges. Each epoch
+    shuffles the edges, draws one negative per edge (never an item the user has in ``graph``;
+    in-batch negatives excepted after 10 redraws) and takes one Adam step per batch. With
+    ``config.recency_half_life`` an epoch instead draws as many edges, with replacement, with
+    probability proportional to :func:`recency_weights`. With ``valid``, Recall@``k`` is
+    measured every ``eval_every`` epochs, training stops after ``patience`` evaluations without
+    improvement and the best weights are restored. Deterministic given ``config.seed`` on CPU.
     """
     device = device or torch.device("cpu")
     users, items = (torch.from_numpy(a) for a in unique_edges(graph))
