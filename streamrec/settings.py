@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         30_000, ge=1000, description="Kafka max.poll.interval.ms; the local broker's first "
         "JoinGroup waits about this long, so development setups keep it small",
     )
+    drift_retrain: bool = Field(
+        False, description="ingest watches hit-rate drift and requests early retrains"
+    )
     torch_threads: int = Field(
         1, ge=1, description="torch CPU threads of the ingest process's updater; one thread "
         "avoids OpenMP oversubscription beside the consumer and writer threads",
