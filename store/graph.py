@@ -294,6 +294,22 @@ class GraphStore:
                 for tbl in tables
             }
 
+    def item_counts(self, *, since: float | None = None) -> np.ndarray:
+        """Interactions per item with ``ts > since`` (all when None), ``[num_items]`` int64,
+        counted in SQL (a GROUP BY, not a read of every edge)."""
+        t = schema.interactions
+        stmt = select(t.c.item_idx, func.count()).group_by(t.c.item_idx)
+        if since is not None:
+            stmt = stmt.where(t.c.ts > since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+            _, num_items = self._node_counts(conn)
+        counts = np.zeros(num_items, np.int64)
+        if rows:
+            idx, n = np.array(rows, np.int64).T
+            counts[idx] = n
+        return counts
+
     def last_event_time(self) -> float | None:
         """The newest stored event time (epoch seconds), or None for an empty store."""
         with self.engine.connect() as conn:

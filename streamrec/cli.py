@@ -480,6 +480,20 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    store: StoreOpt = None,
+) -> None:
+    """HTTP API over the same queries (FastAPI; OpenAPI at /docs), plus /versions, /metrics,
+    /healthz and POST /retrain (bearer token from STREAMREC_RETRAIN_TOKEN)."""
+    from streamrec.api import serve as run_server
+
+    settings = _settings(store=store)
+    run_server(settings.store, host=host, port=port, retrain_token=settings.retrain_token)
+
+
+@app.command()
 def schedule(
     cron: Annotated[
         str, typer.Option(help="when to retrain: 5-field crontab (6 with seconds first), UTC")

@@ -94,8 +94,10 @@ class QueryService:
         last = self.graph.last_event_time()
         if last is None:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        window = self.graph.edges_between(last - self.popular_window_s, last)
-        counts = np.bincount(window.item, minlength=num_items)
+        counts = self.graph.item_counts(since=last - self.popular_window_s)
+        if len(counts) < num_items:
+            counts = np.pad(counts, (0, num_items - len(counts)))
+        counts = counts[:num_items]
         order = np.lexsort((np.arange(num_items), -counts))  # ties: lower idx first
         return order[counts[order] > 0], counts
 

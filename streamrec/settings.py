@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         30_000, ge=1000, description="Kafka max.poll.interval.ms; the local broker's first "
         "JoinGroup waits about this long, so development setups keep it small",
     )
+    retrain_token: str | None = Field(
+        None, description="bearer token that authorises POST /retrain of the HTTP API"
+    )
     drift_retrain: bool = Field(
         False, description="ingest watches hit-rate drift and requests early retrains"
     )

@@ -116,3 +116,9 @@ def test_concurrent_writers_keep_indices_dense(store_url: str) -> None:
     assert stores[0].counts()["interactions"] == 400
     snap = stores[0].snapshot()
     assert snap.num_users == 200 and np.unique(snap.user).size == 200
+
+
+def test_item_counts_in_sql(store: GraphStore) -> None:
+    assert store.item_counts().tolist() == [2, 2, 1, 1]
+    assert store.item_counts(since=20).tolist() == [1, 0, 1, 1]  # ts > 20
+    assert store.last_event_time() == 50

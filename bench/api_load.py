@@ -1,0 +1,165 @@
+"""HTTP load on ``GET /users/{id}/recommendations`` at catalogue scale (target: p99 < 10 ms).
+
+    python bench/api_load.py [--items 100000] [--users 20000] [--requests 4000]
+                             [--concurrency 1,8] [--k 10]
+
+Builds a SQLite store with a synthetic history over ``--items`` items and an active version
+of random vectors (dim 64), starts ``streamrec.api.serve`` with uvicorn in a subprocess
+(access log off), then for each concurrency level runs that many client threads (one
+keep-alive ``httpx.Client`` each) sharing ``--requests`` requests for random known users.
+Prints client-side p50/p99 latency and requests/s, and the server-side query latency
+quantiles read from the ``/metrics`` histogram. Clients and server share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from store.embeddings import EmbeddingStore
+from store.graph import GraphStore
+from stream.events import Event
+
+
+def build(path: Path, users: int, items: int, events_per_user: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    graph = GraphStore(f"sqlite:///{path}")
+    graph.write_batch([Event.create("u0", f"i{i}", 1_700_000_000 + i) for i in range(items)])
+    evs: list[Event] = []
+    for u in range(users):
+        for i in rng.integers(0, items, events_per_user):
+            evs.append(Event.create(f"u{u}", f"i{int(i)}", 1_700_100_000 + len(evs)))
+        if len(evs) > 50_000:
+            graph.write_batch(evs)
+            evs = []
+    graph.write_batch(evs)
+    store = EmbeddingStore(graph.engine)
+    counts = graph.counts()
+    v = store.create_version(
+        "bench", 2e9,
+        rng.standard_normal((counts["users"], 64)).astype(np.float32),
+        rng.standard_normal((counts["items"], 64)).astype(np.float32),
+        hyper_parameters={}, metrics={},
+    )
+    store.activate(v)
+    graph.engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(url: str, port: int) -> subprocess.Popen[bytes]:
+    code = (f"from streamrec.api import serve; serve({url!r}, port={port}, "
+            "log_level='warning', access_log=False)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").json().get("served"):
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("the server did not come up within 300 s")
+
+
+def run_load(base: str, users: list[str], k: int, concurrency: int) -> tuple[list[float], float]:
+    chunks = [users[i::concurrency] for i in range(concurrency)]
+    latencies: list[list[float]] = [[] for _ in chunks]
+    errors: list[str] = []
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=base, timeout=10) as c:
+            for user in chunks[n]:
+                t = time.perf_counter()
+                res = c.get(f"/users/{user}/recommendations", params={"k": k})
+                latencies[n].append((time.perf_counter() - t) * 1000)
+                if res.status_code != 200 and len(errors) < 5:
+                    errors.append(f"{res.status_code}: {res.text[:200]}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise SystemExit(f"requests failed: {errors}")
+    return [x for chunk in latencies for x in chunk], elapsed
+
+
+def server_quantiles(base: str, endpoint: str = "recommendations") -> dict[float, float]:
+    """p50/p99 upper bounds (ms) from the server's query latency histogram buckets."""
+    buckets: list[tuple[float, float]] = []
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith("streamrec_query_latency_seconds_bucket") and \
+                f'endpoint="{endpoint}"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1] if buckets else 0.0
+    out = {}
+    for q in (0.5, 0.99):
+        out[q] = next((le * 1000 for le, n in buckets if total and n >= q * total), float("nan"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--events-per-user", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--concurrency", default="1,8", help="comma-separated client thread counts")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "api.db"
+        t = time.perf_counter()
+        build(path, args.users, args.items, args.events_per_user, args.seed)
+        print(f"built store: {args.items:,} items, {args.users:,} users in "
+              f"{time.perf_counter() - t:.1f}s")
+        port = free_port()
+        t = time.perf_counter()
+        server = start_server(f"sqlite:///{path}", port)
+        print(f"server up in {time.perf_counter() - t:.1f}s (load + index build)")
+        base = f"http://127.0.0.1:{port}"
+        try:
+            warm = [f"u{u}" for u in rng.integers(1, args.users, 200)]
+            run_load(base, warm, args.k, 2)
+            for concurrency in (int(c) for c in args.concurrency.split(",")):
+                users = [f"u{u}" for u in rng.integers(1, args.users, args.requests)]
+                lat, elapsed = run_load(base, users, args.k, concurrency)
+                p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+                print(f"recommend k={args.k}, {args.items:,} items, {concurrency} clients: "
+                      f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 10 ms), "
+                      f"{len(lat) / elapsed:.0f} req/s over {len(lat)} requests")
+            q = server_quantiles(base)
+            print(f"server-side query time (all runs, histogram bucket bounds): "
+                  f"p50 <= {q[0.5]:.1f} ms, p99 <= {q[0.99]:.1f} ms")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
