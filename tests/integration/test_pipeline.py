@@ -153,3 +153,34 @@ def test_sigterm_flushes_and_commits_what_it_stored(broker, tmp_path, topic_name
     # everything stored was committed, and nothing beyond it: offsets are contiguous from 0
     assert committed_offsets(broker.bootstrap, topic_name, group) == {0: stored}
     store.engine.dispose()
+
+
+def test_two_updating_processes_refresh_every_affected_embedding(broker, postgres_url,
+                                                                  topic_name):
+    """Scale-out: two `ingest --update` processes share PostgreSQL and split 4 partitions."""
+    from store.embeddings import EmbeddingStore
+    from streamrec.retrain import RetrainPlan, retrain
+
+    events = list(generate(n_events=6000, seed=15, days=10).events())
+    store = GraphStore(postgres_url)
+    store.write_batch(events[:3000])
+    embeddings = EmbeddingStore(store.engine)
+    info = retrain(store, embeddings, RetrainPlan(model="mf", epochs=2, dim=16,
+                                                  valid_fraction=0.2, progress=False))
+    assert info.has_updater_state
+    produce(broker.bootstrap, topic_name, events[3000:], partitions=4)
+    group = _group()
+    procs = [
+        ingest_process(broker.bootstrap, topic_name, group, postgres_url, "--idle-exit", "4",
+                       "--batch-size", "300", "--update")
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    assert store.event_ids() == {e.event_id for e in events}
+    users = set(store.node_index("user", {e.user_id for e in events[3000:]}).values())
+    items = set(store.node_index("item", {e.item_id for e in events[3000:]}).values())
+    merged = embeddings.load()
+    assert users <= set(merged.overlay_users) and items <= set(merged.overlay_items)
+    store.engine.dispose()
