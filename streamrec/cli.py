@@ -494,6 +494,33 @@ def serve(
 
 
 @app.command()
+def run(
+    port: Annotated[int, typer.Option(help="HTTP API port")] = 8000,
+    host: Annotated[str, typer.Option(help="HTTP API address")] = "127.0.0.1",
+    cron: Annotated[str, typer.Option(help="retrain cron (UTC)")] = "0 3 * * *",
+    model: Annotated[str, typer.Option(help="model of the scheduled retrain")] = "lightgcn",
+    topic: TopicOpt = None,
+    group: Annotated[str | None, typer.Option(help="consumer group")] = None,
+    store: StoreOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Consumer, incremental updater, retrain scheduler and HTTP API in one process.
+
+    For small deployments on one machine; Ctrl-C finishes the current batch and stops.
+    """
+    from streamrec.run_all import RunOptions, run_all
+
+    settings = _settings(topic=topic, group=group, store=store, bootstrap=bootstrap)
+    _require_bootstrap(settings)
+    try:
+        stats = run_all(settings, RunOptions(host=host, port=port, cron=cron, model=model))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    print(f"run done: {stats.summary()}")
+
+
+@app.command()
 def schedule(
     cron: Annotated[
         str, typer.Option(help="when to retrain: 5-field crontab (6 with seconds first), UTC")
