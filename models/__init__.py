@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from models.base import InteractionGraph, Recommender, resolve_device
 from models.bpr import BPRRecommender
+from models.incremental_updater import IncrementalUpdater, UpdateResult
 from models.lightgcn import LightGCN, LightGCNEncoder
+from models.live_update import LiveUpdateHistory, train_live_update
 from models.mf import MFBPR, MFEncoder
 from models.negatives import (
     InBatchNegativeSampler,
@@ -13,9 +15,11 @@ from models.negatives import (
     UniformNegativeSampler,
     make_negative_sampler,
 )
+from models.neighbour_buffer import NeighbourBuffer
 from models.pinsage import PinSage, PinSageConv, PinSageEncoder
 from models.popularity import Popularity
 from models.random_walks import ItemWalker
+from models.updater import TemporalUpdater
 
 MODELS: dict[str, type[Recommender]] = {
     "lightgcn": LightGCN,
@@ -63,6 +67,12 @@ __all__ = [
     "MODELS",
     "BPRRecommender",
     "InBatchNegativeSampler",
+    "IncrementalUpdater",
+    "LiveUpdateHistory",
+    "NeighbourBuffer",
+    "TemporalUpdater",
+    "UpdateResult",
+    "train_live_update",
     "InteractionGraph",
     "ItemWalker",
     "LightGCN",

@@ -42,9 +42,10 @@ class TemporalUpdater(nn.Module):
             ``new_item + Linear(features)`` (default: ``0``, no features).
         user_history_weight: ``w`` of the users' updates: one edge of a user's history
             weighs as much as ``w`` new edges in the keep ratio (default: ``1.0``, ROLAND's).
-        item_history_weight: the same for items (default: ``4.0``). An item's base embedding
-            sums up many users; the few users of one batch, averaged, blur what tells it
-            from other items of its kind, so items move more slowly than users by default.
+        item_history_weight: the same for items (default: ``100.0``). An item's base
+            embedding sums up all its users; the few users of one batch, averaged, blur what
+            tells it from other items of its kind (on the synthetic stream, moving old items
+            like users cost next-day recall), so items the base knows barely move by default.
             New items (no history) take their fresh embedding whatever ``w`` is.
         dropout: attention dropout while training (default: ``0.0``).
         seed: seed of the initial weights, drawn without touching torch's global generator;
@@ -73,7 +74,7 @@ class TemporalUpdater(nn.Module):
         update: str = "gru",
         item_feature_dim: int = 0,
         user_history_weight: float = 1.0,
-        item_history_weight: float = 4.0,
+        item_history_weight: float = 100.0,
         dropout: float = 0.0,
         seed: int | None = 0,
     ) -> None:

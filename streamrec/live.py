@@ -94,14 +94,19 @@ class LiveUpdater:
         snap = self.embeddings.load(version_id, include_updater_state=True, include_overlay=False)
         info = snap.version
         self._version_id, self._cutoff = info.id, info.cutoff
-        if snap.updater_state is None:
-            # untrained attention weights would write noise into the overlay: serve the base
-            self._inc = None
-            log.warning("%s was published without updater weights (no validation window or "
-                        "a 1-d model); incremental updates are off until the next retrain",
-                        info.name)
+        if snap.updater_state is not None:
+            module = TemporalUpdater.from_bytes(snap.updater_state)
+        elif info.dim >= 2:
+            # the untrained module starts as ROLAND's degree-weighted moving average of the
+            # node and its recent neighbours, a sound update before any training
+            module = TemporalUpdater(info.dim, seed=0)
+            log.info("%s has no trained updater weights; using the moving-average start",
+                     info.name)
+        else:
+            self._inc = None  # a 1-d popularity score has no neighbourhood to fold in
+            log.warning("%s is 1-dimensional: incremental updates are off until the next "
+                        "retrain of an embedding model", info.name)
             return
-        module = TemporalUpdater.from_bytes(snap.updater_state)
         history = self.graph.snapshot(until=info.cutoff)
         buffer = NeighbourBuffer.from_graph(history, self.num_neighbours)
         self._inc = IncrementalUpdater(snap.users, snap.items, module, buffer,

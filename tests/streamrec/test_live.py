@@ -80,10 +80,21 @@ def test_nothing_to_do_before_the_first_retrain(setup) -> None:
     assert live.version_id is None and live.stats.batches == 0
 
 
-def test_a_version_without_updater_weights_serves_its_base(setup) -> None:
+def test_a_one_dimensional_version_serves_its_base(setup) -> None:
     graph, embeddings, events = setup
     graph.write_batch(events[:2000])
     info = retrain(graph, embeddings, RetrainPlan(model="popularity", valid_fraction=0))
     live = LiveUpdater(graph, embeddings, device="cpu")
     live(graph.write_batch(events[2000:2100]))
     assert live.version_id == info.id and embeddings.overlay_size(info.id) == 0
+
+
+def test_a_version_without_trained_weights_still_updates(setup) -> None:
+    graph, embeddings, events = setup
+    graph.write_batch(events[:2000])
+    info = retrain(graph, embeddings, RetrainPlan(model="mf", epochs=2, dim=8,
+                                                  valid_fraction=0, progress=False))
+    assert not info.has_updater_state
+    live = LiveUpdater(graph, embeddings, device="cpu")
+    live(graph.write_batch(events[2000:2100]))
+    assert embeddings.overlay_size(info.id) > 0
