@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=5000.0)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--sample-every", type=int, default=25)
+    ap.add_argument("--batch-size", type=int, default=1000, help="ingest records per batch")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -60,8 +61,8 @@ def main() -> None:
         topic = "fresh"
         ensure_topic(broker.bootstrap, topic, 4)
         env = {**os.environ, "STREAMREC_BOOTSTRAP": broker.bootstrap, "STREAMREC_STORE": url,
-               "STREAMREC_KAFKA_MAX_POLL_INTERVAL_MS": "3000", "STREAMREC_BATCH_SIZE": "1000",
-               "STREAMREC_LOG_LEVEL": "WARNING"}
+               "STREAMREC_KAFKA_MAX_POLL_INTERVAL_MS": "3000",
+               "STREAMREC_BATCH_SIZE": str(args.batch_size), "STREAMREC_LOG_LEVEL": "WARNING"}
         ingest = subprocess.Popen(
             [sys.executable, "-m", "streamrec.cli", "ingest", "--topic", topic, "--group",
              "fresh", "--update"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
