@@ -15,6 +15,7 @@ from importlib import metadata
 
 from tqdm.auto import tqdm
 
+from evaluation.incremental import IncrementalApproach
 from evaluation.protocol import EvaluationTask, evaluate_model
 from evaluation.report import to_json, write_report
 from evaluation.split import FitOn, temporal_split
@@ -155,6 +156,8 @@ def run_evaluation(
         bar.set_postfix_str("streaming")
         approaches = dict(streaming_approaches) if streaming_approaches is not None else {
             **{f"{n} (stale)": StaleApproach(m, trained_on=history) for n, m in built.items()},
+            **{f"{n} (+incremental)": IncrementalApproach(m, trained_on=history)
+               for n, m in built.items() if m.user_embeddings().shape[1] >= 2},
             "popularity (refreshed)": PopularityApproach()}
         stream = evaluate_streaming(graph, approaches, start=split.t2, end=split.end,
                                     window_seconds=window_seconds, k=streaming_k,
