@@ -5,12 +5,14 @@ This is the Python API behind ``streamrec evaluate``; it returns the metrics.jso
 
 from __future__ import annotations
 
+import copy
 import inspect
 import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from importlib import metadata
 
 from tqdm.auto import tqdm
@@ -23,6 +25,7 @@ from evaluation.streaming import (
     DAY,
     Approach,
     PopularityApproach,
+    RetrainApproach,
     StaleApproach,
     evaluate_streaming,
 )
@@ -54,6 +57,7 @@ def run_evaluation(
     batch_size: int | None = None,
     streaming: bool = True,
     streaming_approaches: Mapping[str, Approach] | None = None,
+    streaming_retrain: bool = True,
     window_seconds: float = DAY,
     streaming_k: int = 20,
     max_windows: int | None = None,
@@ -84,7 +88,11 @@ def run_evaluation(
         batch_size: users scored at once. (default: memory-bounded, 8M scores)
         streaming: run the window-by-window comparison. (default: ``True``)
         streaming_approaches: approaches to compare. (default: every model as a stale
-            base, plus popularity refreshed before each window)
+            base, as the base plus incremental updates (embedding models), as a full retrain
+            before each window (unless ``streaming_retrain=False``), plus popularity
+            refreshed before each window)
+        streaming_retrain: include the per-window full retrain of every model (the costly
+            reference the streaming path is compared with). (default: ``True``)
         window_seconds: streaming window length. (default: one day)
         streaming_k: cut-off of the streaming metrics. (default: ``20``)
         max_windows: evaluate only the first windows. (default: all)
@@ -126,6 +134,8 @@ def run_evaluation(
         raise ValueError(f"K={ks[-1]} exceeds the catalogue of {graph.num_items} items")
     split = temporal_split(graph, train_frac=train_frac, valid_frac=valid_frac, t1=t1, t2=t2)
     built, seeded = _build_models(models, model_factory, model_kwargs or {}, seed)
+    # unfitted copies: the streaming "full retrain" approach refits one per window
+    templates = {name: copy.deepcopy(m) for name, m in built.items()} if streaming_retrain else {}
     task = EvaluationTask.from_split(split, fit_on=fit_on, head_fraction=head_fraction,
                                      activity_buckets=activity_buckets)
     history = split.history(fit_on)
@@ -158,6 +168,8 @@ def run_evaluation(
             **{f"{n} (stale)": StaleApproach(m, trained_on=history) for n, m in built.items()},
             **{f"{n} (+incremental)": IncrementalApproach(m, trained_on=history)
                for n, m in built.items() if m.user_embeddings().shape[1] >= 2},
+            **{f"{n} (retrain)": RetrainApproach(partial(copy.deepcopy, t))
+               for n, t in templates.items()},
             "popularity (refreshed)": PopularityApproach()}
         stream = evaluate_streaming(graph, approaches, start=split.t2, end=split.end,
                                     window_seconds=window_seconds, k=streaming_k,

@@ -426,6 +426,13 @@ def evaluate(
     recent_days: Annotated[float, typer.Option(help="window of popularity-recent")] = 7.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     streaming: Annotated[bool, typer.Option(help="also run the window-by-window report")] = True,
+    streaming_retrain: Annotated[
+        bool, typer.Option(help="refit every model before each window in the streaming report "
+                           "(the costly reference)")
+    ] = True,
+    max_windows: Annotated[
+        int | None, typer.Option(help="at most this many streaming windows")
+    ] = None,
     store: StoreOpt = None,
 ) -> None:
     """Temporal-split evaluation report: report.md, report.html, metrics.json, PNG plots."""
@@ -468,7 +475,8 @@ def evaluate(
 
             graph, dataset = GraphStore(settings.store).snapshot(), "graph store"
         result = run_evaluation(graph, names, model_factory=factory, ks=ks, seed=seed,
-                                streaming=streaming, out_dir=str(out), dataset_name=dataset)
+                                streaming=streaming, streaming_retrain=streaming_retrain,
+                                max_windows=max_windows, out_dir=str(out), dataset_name=dataset)
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

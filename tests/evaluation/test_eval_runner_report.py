@@ -99,7 +99,8 @@ def test_report_files_exist_and_parse(graph, tmp_path):
     assert on_disk["split"]["t2_iso"].endswith("Z")
     # every model with embeddings of dim >= 2 also runs as "base + incremental updates"
     assert on_disk["streaming"]["summary"].keys() == {
-        "popular (stale)", "random (stale)", "random (+incremental)", "popularity (refreshed)"}
+        "popular (stale)", "random (stale)", "random (+incremental)", "popular (retrain)",
+        "random (retrain)", "popularity (refreshed)"}
     html = (tmp_path / "report.html").read_text()
     assert html.count('<img alt="') == 3 and "data:image/png;base64," in html
     md = (tmp_path / "report.md").read_text()
