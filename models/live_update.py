@@ -206,11 +206,7 @@ def train_live_update(
             bar.set_postfix(postfix)
     finally:
         bar.close()
-    if valid_batches:
-        stopper.restore(updater)
-        history.best_epoch = stopper.best_epoch
-    else:
-        history.best_epoch = len(history.loss)
+    stopper.finish(updater, history, validated=bool(valid_batches))
     return updater.cpu().eval()
 
 

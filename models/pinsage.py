@@ -246,11 +246,7 @@ class PinSage(Recommender):
                 bar.set_postfix(postfix)
         finally:
             bar.close()
-        if valid is not None:
-            stopper.restore(module)
-            history.best_epoch, history.best_metric = stopper.best_epoch, stopper.best_metric
-        else:
-            history.best_epoch = len(history.loss)
+        stopper.finish(module, history, validated=valid is not None)
         users, items = self._embed(module, graph, nbrs_t, w_t, features)
         self.module_, self.history_, self.timings_ = module, history, timings
         self._users, self._items = users.float().cpu(), items.float().cpu()

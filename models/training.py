@@ -110,6 +110,17 @@ class EarlyStopping:
         if self._best_state is not None:
             module.load_state_dict(self._best_state)
 
+    def finish(self, module: nn.Module, history: object, *, validated: bool) -> None:
+        """End of training: with validation, restore the best weights and record the kept
+        epoch (and metric, where ``history`` has one); without, the last epoch is kept."""
+        if validated:
+            self.restore(module)
+            history.best_epoch = self.best_epoch  # type: ignore[attr-defined]
+            if hasattr(history, "best_metric"):
+                history.best_metric = self.best_metric
+        else:
+            history.best_epoch = len(history.loss)  # type: ignore[attr-defined]
+
 
 @torch.no_grad()
 def recall_at_k(
@@ -292,10 +303,6 @@ def train_bpr(
             bar.set_postfix(postfix)
     finally:
         bar.close()
-    if valid is not None:
-        stopper.restore(module)
-        history.best_epoch, history.best_metric = stopper.best_epoch, stopper.best_metric
-    else:
-        history.best_epoch = len(history.loss)
+    stopper.finish(module, history, validated=valid is not None)
     module.eval()
     return history
