@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,40 +24,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import query_latency  # bench/ is on sys.path when this script runs
 
-from store.embeddings import EmbeddingStore
-from store.graph import GraphStore
-from stream.events import Event
+from stream.broker import free_port
 
 
 def build(path: Path, users: int, items: int, events_per_user: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    graph = GraphStore(f"sqlite:///{path}")
-    graph.write_batch([Event.create("u0", f"i{i}", 1_700_000_000 + i) for i in range(items)])
-    evs: list[Event] = []
-    for u in range(users):
-        for i in rng.integers(0, items, events_per_user):
-            evs.append(Event.create(f"u{u}", f"i{int(i)}", 1_700_100_000 + len(evs)))
-        if len(evs) > 50_000:
-            graph.write_batch(evs)
-            evs = []
-    graph.write_batch(evs)
-    store = EmbeddingStore(graph.engine)
-    counts = graph.counts()
-    v = store.create_version(
-        "bench", 2e9,
-        rng.standard_normal((counts["users"], 64)).astype(np.float32),
-        rng.standard_normal((counts["items"], 64)).astype(np.float32),
-        hyper_parameters={}, metrics={},
-    )
-    store.activate(v)
-    graph.engine.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """The store of bench/query_latency.py (same data, same active version), closed."""
+    query_latency.build(path, users, items, events_per_user, seed).engine.dispose()
 
 
 def start_server(url: str, port: int) -> subprocess.Popen[bytes]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.base import resolve_device
-from models.neighbour_buffer import NeighbourBuffer
+from models.neighbour_buffer import NeighbourBuffer, edge_arrays
 from models.updater import SIDES, TemporalUpdater
 
 
@@ -202,15 +202,7 @@ class IncrementalUpdater:
     def _batch_arrays(
         self, user_idx: object, item_idx: object, ts: object, weight: object | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        u = np.asarray(user_idx, dtype=np.int64).ravel()
-        i = np.asarray(item_idx, dtype=np.int64).ravel()
-        t = np.asarray(ts, dtype=np.float64).ravel()
-        w = (np.ones(len(u), np.float32) if weight is None
-             else np.asarray(weight, dtype=np.float32).ravel())
-        if not (len(i) == len(t) == len(w) == len(u)):
-            raise ValueError(f"update needs arrays of one length, got user={len(u)}, "
-                             f"item={len(i)}, ts={len(t)}, weight={len(w)}")
-        return u, i, t, w
+        return edge_arrays(user_idx, item_idx, ts, weight, what="update")
 
     def _side_inputs(
         self, side: str, idx: np.ndarray, local: np.ndarray, t: np.ndarray, deg_old: np.ndarray

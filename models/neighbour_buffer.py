@@ -25,6 +25,22 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
+def edge_arrays(
+    user_idx: object, item_idx: object, ts: object, weight: object | None, *, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Edges ``[E]`` as (int64 users, int64 items, float64 seconds, float32 weights; default
+    1); ``what`` names the caller in the error raised for arrays of different lengths."""
+    u = np.asarray(user_idx, dtype=np.int64).ravel()
+    i = np.asarray(item_idx, dtype=np.int64).ravel()
+    t = np.asarray(ts, dtype=np.float64).ravel()
+    w = (np.ones(len(u), np.float32) if weight is None
+         else np.asarray(weight, dtype=np.float32).ravel())
+    if not (len(i) == len(t) == len(w) == len(u)):
+        raise ValueError(f"{what} needs arrays of one length, got user={len(u)}, "
+                         f"item={len(i)}, ts={len(t)}, weight={len(w)}")
+    return u, i, t, w
+
+
 class NeighbourBuffer:
     """The ``num_neighbours`` most recent neighbours of every user and item.
 
@@ -107,14 +123,7 @@ class NeighbourBuffer:
         """Add edges ``[E]`` (dense indices, epoch seconds, positive weights, default 1) to
         both sides; returns ``self``. Edges need not be sorted; late ones are merged in
         time order (see the module docstring)."""
-        user = np.asarray(user_idx, dtype=np.int64).ravel()
-        item = np.asarray(item_idx, dtype=np.int64).ravel()
-        t = np.asarray(ts, dtype=np.float64).ravel()
-        w = (np.ones(len(user), np.float32) if weight is None
-             else np.asarray(weight, dtype=np.float32).ravel())
-        if not (len(item) == len(t) == len(w) == len(user)):
-            raise ValueError(f"extend needs arrays of one length, got user={len(user)}, "
-                             f"item={len(item)}, ts={len(t)}, weight={len(w)}")
+        user, item, t, w = edge_arrays(user_idx, item_idx, ts, weight, what="extend")
         if not len(user):
             return self
         if user.min() < 0 or item.min() < 0:

@@ -237,11 +237,7 @@ class PinSage(Recommender):
                 if valid is not None and (epoch % self.eval_every == 0 or epoch == self.epochs):
                     users, items = self._embed(module, graph, nbrs_t, w_t, features)
                     metric = recall_at_k(users, items, graph, valid, self.k)
-                    history.valid.append((epoch, metric))
-                    postfix[f"recall@{self.k}"] = f"{metric:.4f}"
-                    bar.set_postfix(postfix)
-                    if stopper.step(metric, module, epoch):
-                        history.stopped_early = True
+                    if stopper.record(metric, module, epoch, history, postfix, bar, self.k):
                         break
                 bar.set_postfix(postfix)
         finally:

@@ -110,6 +110,16 @@ class EarlyStopping:
         if self._best_state is not None:
             module.load_state_dict(self._best_state)
 
+    def record(self, metric: float, module: nn.Module, epoch: int, history: TrainHistory,
+               postfix: dict[str, str], bar: tqdm, k: int) -> bool:
+        """Log a validation Recall@``k`` on ``history`` and the progress bar, then
+        :meth:`step`; True when training should stop (``history.stopped_early`` is set)."""
+        history.valid.append((epoch, metric))
+        postfix[f"recall@{k}"] = f"{metric:.4f}"
+        bar.set_postfix(postfix)
+        history.stopped_early = self.step(metric, module, epoch)
+        return history.stopped_early
+
     def finish(self, module: nn.Module, history: object, *, validated: bool) -> None:
         """End of training: with validation, restore the best weights and record the kept
         epoch (and metric, where ``history`` has one); without, the last epoch is kept."""
@@ -294,11 +304,7 @@ def train_bpr(
                 with torch.no_grad():
                     user_out, item_out = module()
                 metric = recall_at_k(user_out, item_out, graph, valid, config.k)
-                history.valid.append((epoch, metric))
-                postfix[f"recall@{config.k}"] = f"{metric:.4f}"
-                bar.set_postfix(postfix)
-                if stopper.step(metric, module, epoch):
-                    history.stopped_early = True
+                if stopper.record(metric, module, epoch, history, postfix, bar, config.k):
                     break
             bar.set_postfix(postfix)
     finally:

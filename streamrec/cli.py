@@ -197,6 +197,7 @@ def ingest(
     Each batch is one database transaction; offsets are committed only after it. Bad
     messages go to the dead_letters table. SIGINT/SIGTERM finish the batch in hand and exit.
     """
+    from store.embeddings import EmbeddingStore
     from store.graph import GraphStore
     from stream.consumer import IngestLoop, make_consumer
     from stream.producer import EventProducer
@@ -206,6 +207,7 @@ def ingest(
     )
     server = _require_bootstrap(settings)
     graph = GraphStore(settings.store)
+    embeddings = EmbeddingStore(graph.engine)  # one per process: updater and drift share it
     consumer = make_consumer(
         server, settings.topic, settings.group,
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
@@ -215,20 +217,18 @@ def ingest(
     if update:
         import torch
 
-        from store.embeddings import EmbeddingStore
         from streamrec.live import LiveUpdater
 
         # measured: 1 thread is ~6x faster than 2 on a loaded 2-core machine (OpenMP spin)
         torch.set_num_threads(settings.torch_threads)
-        live = LiveUpdater(graph, EmbeddingStore(graph.engine))
+        live = LiveUpdater(graph, embeddings)
     on_batch = live
     if drift_retrain or settings.drift_retrain:
-        from store.embeddings import EmbeddingStore
         from streamrec.drift import DriftHook, PrequentialDrift, chain, service_top_k
         from streamrec.queries import QueryService
         from streamrec.scheduler import RetrainScheduler
 
-        service = QueryService(graph, EmbeddingStore(graph.engine))
+        service = QueryService(graph, embeddings)
         early = RetrainScheduler(settings.store, model=drift_model)  # never started here
         drift = PrequentialDrift(service_top_k(service, k=20), on_drift=early.trigger_early,
                                  enabled=True, sample_every=10)
