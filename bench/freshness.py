@@ -74,18 +74,24 @@ def main() -> None:
         done = threading.Event()
 
         def watch() -> None:
+            # Ask for the pending users' rows themselves: a high-water mark on updated_at
+            # would miss rows committed late (partitions are consumed at different paces),
+            # and those are exactly the slow ones.
             o = es.embedding_overlay
-            since = 0.0
             while not done.is_set() or pending:
-                with graph.engine.connect() as conn:
-                    rows = conn.execute(
-                        select(o.c.idx, o.c.updated_at)
-                        .where((o.c.kind == "user") & (o.c.updated_at > since))
-                    ).all()
+                with lock:
+                    waiting_users = [u for u, w in pending.items() if w]
+                rows = []
+                for lo in range(0, len(waiting_users), 500):
+                    with graph.engine.connect() as conn:
+                        rows += conn.execute(
+                            select(o.c.idx, o.c.updated_at).where(
+                                (o.c.kind == "user") & o.c.idx.in_(waiting_users[lo:lo + 500])
+                            )
+                        ).all()
                 now = time.time()
                 with lock:
                     for idx, updated in rows:
-                        since = max(since, updated)
                         waiting = pending.get(int(idx))
                         if not waiting:
                             continue

@@ -106,9 +106,12 @@ class TemporalAttention(nn.Module):
         # still poison the weighted sum (0 * inf = NaN).
         nbr_state = nbr_state.masked_fill(~valid, 0.0)
         query = self.query(torch.cat([state, self.time_encoding(state.new_zeros(b))], -1))
-        key_in = torch.cat([nbr_state, self.time_encoding(dt.clamp(min=0)),
-                            weight.to(state.dtype).unsqueeze(-1)], -1)
-        key = self.key(key_in.masked_fill(~valid, 0.0))
+        # Padded slots' gaps and weights may be inf or NaN: zero them at [B, N] (cheaper than
+        # masking the [B, N, d + t + 1] key input), so every key input is finite and the
+        # key projection's gradient stays finite too.
+        dt = dt.clamp(min=0).masked_fill(~mask, 0.0)
+        weight = weight.to(state.dtype).masked_fill(~mask, 0.0)
+        key = self.key(torch.cat([nbr_state, self.time_encoding(dt), weight.unsqueeze(-1)], -1))
         q = query.view(b, h, 1, k)                                   # [B, H, 1, k]
         kk = key.view(b, n, h, k).transpose(1, 2)                    # [B, H, N, k]
         logits = (q @ kk.transpose(-1, -2)).squeeze(2) / math.sqrt(k)  # [B, H, N]

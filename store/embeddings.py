@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from store import bulk
 from store import embedding_schema as es
 from store.embedding_schema import (
     EmbeddingSnapshot,
@@ -400,7 +401,7 @@ class EmbeddingStore:
         takes them.
         """
         base_version_id = _version_id(base_version_id)
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         dim: int | None = None
         for kind, idx, vectors, updated_at in parts:
             part, part_dim = _overlay_rows(base_version_id, kind, idx, vectors, updated_at)
@@ -411,8 +412,7 @@ class EmbeddingStore:
         if dim is not None:
             self._upsert_overlay(base_version_id, rows, dim)
 
-    def _upsert_overlay(self, base_version_id: int, rows: list[dict[str, Any]], dim: int) -> None:
-        o = es.embedding_overlay
+    def _upsert_overlay(self, base_version_id: int, rows: list[tuple[Any, ...]], dim: int) -> None:
         with self._writer.begin() as conn:
             self._lock(conn, shared=True)
             info = self._version(conn, base_version_id)
@@ -421,21 +421,9 @@ class EmbeddingStore:
             if not rows:
                 return
             active = self._active_id(conn)
-            stmt = (postgresql if self.dialect == "postgresql" else sqlite).insert(o)
-            guard = None
-            if active is not None and active != base_version_id:
-                guard = o.c.base_version_id != active
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["kind", "idx"],
-                set_={
-                    "vector": stmt.excluded.vector,
-                    "updated_at": stmt.excluded.updated_at,
-                    "base_version_id": stmt.excluded.base_version_id,
-                },
-                where=guard,
-            )
+            keep = active if active is not None and active != base_version_id else None
             for start in range(0, len(rows), _CHUNK):
-                conn.execute(stmt, rows[start : start + _CHUNK])
+                bulk.upsert_overlay(conn, rows[start : start + _CHUNK], keep_version=keep)
 
     def overlay_since(self, base_version_id: int, since: float) -> OverlayDelta:
         """Overlay rows of ``base_version_id`` with ``updated_at > since``, oldest first.
@@ -502,7 +490,7 @@ def _delta(rows: Sequence[Any], dim: int, base_version_id: int | None = None) ->
 
 def _overlay_rows(
     base_version_id: int, kind: str, idx: Any, vectors: Any, updated_at: Any
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[tuple[Any, ...]], int]:
     """Validated overlay rows of one kind and their dim; a repeated idx keeps its last row."""
     es.check_kind(kind)
     index = np.asarray(idx)
@@ -521,13 +509,6 @@ def _overlay_rows(
         raise ValueError("updated_at must be finite epoch seconds")
     last = {int(i): n for n, i in enumerate(index)}
     rows = [
-        {
-            "kind": kind,
-            "idx": i,
-            "vector": vecs[n].tobytes(),
-            "updated_at": float(times[n]),
-            "base_version_id": base_version_id,
-        }
-        for i, n in last.items()
+        (kind, i, vecs[n].tobytes(), float(times[n]), base_version_id) for i, n in last.items()
     ]
     return rows, vecs.shape[1]

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from models.base import InteractionGraph
-from store import schema
+from store import bulk, schema
 from store.engine import DEFAULT_STORE_URL, make_engine
 from stream.events import Event
 
@@ -115,27 +115,19 @@ class GraphStore:
                 user_idx, new_nodes["users"] = self._resolve(conn, schema.users, batch, "user_id")
                 item_idx, new_nodes["items"] = self._resolve(conn, schema.items, batch, "item_id")
                 rows = [
-                    {
-                        "event_id": ev.event_id,
-                        "user_idx": user_idx[ev.user_id],
-                        "item_idx": item_idx[ev.item_id],
-                        "ts": ev.ts,
-                        "event_type": ev.event_type,
-                        "weight": ev.weight,
-                        "ingested_at": now,
-                        "kafka_partition": sources[n][0] if sources else None,
-                        "kafka_offset": sources[n][1] if sources else None,
-                    }
+                    (ev.event_id, user_idx[ev.user_id], item_idx[ev.item_id], ev.ts,
+                     ev.event_type, ev.weight, now,
+                     sources[n][0] if sources else None, sources[n][1] if sources else None)
                     for n, ev in enumerate(batch)
                 ]
                 stored_ids = self._insert_interactions(conn, rows)
-                kept = [row for row in rows if row["event_id"] in stored_ids]
+                kept = [row for row in rows if row[0] in stored_ids]
                 result.stored = len(kept)
                 result.duplicates += len(rows) - len(kept)
-                result.user = np.fromiter((r["user_idx"] for r in kept), np.int64, len(kept))
-                result.item = np.fromiter((r["item_idx"] for r in kept), np.int64, len(kept))
-                result.ts = np.fromiter((r["ts"] for r in kept), np.float64, len(kept))
-                result.weight = np.fromiter((r["weight"] for r in kept), np.float32, len(kept))
+                result.user = np.fromiter((r[1] for r in kept), np.int64, len(kept))
+                result.item = np.fromiter((r[2] for r in kept), np.int64, len(kept))
+                result.ts = np.fromiter((r[3] for r in kept), np.float64, len(kept))
+                result.weight = np.fromiter((r[5] for r in kept), np.float32, len(kept))
             if dead_letters:
                 stmt = self._insert(schema.dead_letters).on_conflict_do_nothing(
                     index_elements=["topic", "kafka_partition", "kafka_offset"]
@@ -162,16 +154,16 @@ class GraphStore:
         result.new_items = len(new_nodes.get("items", {}))
         return result
 
-    def _insert_interactions(self, conn, rows: list[dict[str, object]]) -> set[str]:  # type: ignore[no-untyped-def]
-        """Insert rows, skipping stored event ids; returns the ids actually inserted."""
-        if self.dialect == "postgresql":
-            return _copy_insert_postgres(conn, rows)
-        if self.dialect == "sqlite":
-            return _staged_insert_sqlite(conn, rows)
+    def _insert_interactions(self, conn, rows: list[tuple[object, ...]]) -> set[str]:  # type: ignore[no-untyped-def]
+        """Insert rows (tuples in :data:`store.bulk.INTERACTION_COLUMNS` order), skipping
+        stored event ids; returns the ids actually inserted."""
+        if self.dialect in ("postgresql", "sqlite"):
+            return bulk.insert_interactions(conn, rows)
         stmt = self._insert(schema.interactions).on_conflict_do_nothing(
             index_elements=["event_id"]
         )
-        return {r[0] for r in conn.execute(stmt.returning(schema.interactions.c.event_id), rows)}
+        dicts = [dict(zip(bulk.INTERACTION_COLUMNS, row, strict=True)) for row in rows]
+        return {r[0] for r in conn.execute(stmt.returning(schema.interactions.c.event_id), dicts)}
 
     def _insert(self, table: Table):  # type: ignore[no-untyped-def]
         dialect = postgresql if self.dialect == "postgresql" else sqlite
@@ -360,57 +352,3 @@ def _columns(kind: str):  # type: ignore[no-untyped-def]
     if kind == "item":
         return t.c.item_idx, t.c.user_idx
     raise ValueError(f"kind must be 'user' or 'item', got {kind!r}")
-
-
-_COPY_COLUMNS = (
-    "event_id", "user_idx", "item_idx", "ts", "event_type", "weight", "ingested_at",
-    "kafka_partition", "kafka_offset",
-)
-
-
-_STAGING_DDL = (
-    "CREATE TEMP TABLE IF NOT EXISTS streamrec_incoming ("
-    "event_id varchar(128), user_idx integer, item_idx integer, ts double precision, "
-    "event_type varchar(128), weight double precision, ingested_at double precision, "
-    "kafka_partition integer, kafka_offset bigint)"
-)
-_STAGED_INSERT = (
-    f"INSERT INTO interactions ({', '.join(_COPY_COLUMNS)}) "
-    # "WHERE true" resolves SQLite's parsing ambiguity between a join and an upsert clause
-    f"SELECT {', '.join(_COPY_COLUMNS)} FROM streamrec_incoming WHERE true "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-)
-
-
-def _staged_insert_sqlite(conn, rows: list[dict[str, object]]) -> set[str]:  # type: ignore[no-untyped-def]
-    """executemany into a temp table (a C loop), then one INSERT ... SELECT ... RETURNING.
-
-    SQLite cannot RETURNING from executemany; the staging table lets one statement report
-    which event ids were new, at about twice the speed of SQLAlchemy's multi-row VALUES.
-    """
-    cursor = conn.connection.driver_connection.cursor()
-    cursor.execute(_STAGING_DDL)
-    cursor.execute("DELETE FROM streamrec_incoming")
-    marks = ", ".join("?" * len(_COPY_COLUMNS))
-    cursor.executemany(
-        f"INSERT INTO streamrec_incoming VALUES ({marks})",
-        [tuple(row[c] for c in _COPY_COLUMNS) for row in rows],
-    )
-    stored = {r[0] for r in cursor.execute(_STAGED_INSERT).fetchall()}
-    cursor.execute("DELETE FROM streamrec_incoming")
-    return stored
-
-
-def _copy_insert_postgres(conn, rows: list[dict[str, object]]) -> set[str]:  # type: ignore[no-untyped-def]
-    """COPY into a session temp table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING.
-
-    Measured on this project's benchmark: psycopg spends most of a multi-row VALUES insert
-    parsing the statement client-side (about 6k rows/s); COPY avoids the parsing entirely.
-    """
-    cursor = conn.connection.driver_connection.cursor()
-    cursor.execute(_STAGING_DDL + " ON COMMIT DELETE ROWS")
-    with cursor.copy(f"COPY streamrec_incoming ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(tuple(row[c] for c in _COPY_COLUMNS))
-    cursor.execute(_STAGED_INSERT)
-    return {r[0] for r in cursor.fetchall()}

@@ -198,6 +198,7 @@ def ingest(
     messages go to the dead_letters table. SIGINT/SIGTERM finish the batch in hand and exit.
     """
     from store.embeddings import EmbeddingStore
+    from store.engine import WalCheckpointer
     from store.graph import GraphStore
     from stream.consumer import IngestLoop, make_consumer
     from stream.producer import EventProducer
@@ -252,7 +253,8 @@ def ingest(
     signal.signal(signal.SIGTERM, _on_signal)
     console.print(f"ingesting {settings.topic!r} (group {settings.group!r}) into {graph!r}")
     try:
-        stats = loop.run()
+        with WalCheckpointer(graph.engine):
+            stats = loop.run()
     finally:
         consumer.close(autocommit=False)
         if dlq is not None:

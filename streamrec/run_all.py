@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from store.embeddings import EmbeddingStore
+from store.engine import WalCheckpointer
 from store.graph import GraphStore
 from stream.consumer import IngestLoop, IngestStats, make_consumer
 from streamrec.live import LiveUpdater
@@ -79,7 +80,8 @@ def run_all(settings: Settings, options: RunOptions) -> IngestStats:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        return loop.run()
+        with WalCheckpointer(graph.engine):
+            return loop.run()
     finally:
         consumer.close(autocommit=False)
         if scheduler is not None:
