@@ -5,8 +5,9 @@
 
 Builds a SQLite store with a synthetic history over ``--items`` items and an active version
 of random vectors (dim 64), starts ``streamrec.api.serve`` with uvicorn in a subprocess
-(access log off), then for each concurrency level runs that many client threads (one
-keep-alive ``httpx.Client`` each) sharing ``--requests`` requests for random known users.
+(access log off), then for each concurrency level runs that many client processes (one
+keep-alive ``http.client`` connection each) sharing ``--requests`` requests for random known
+users.
 Prints client-side p50/p99 latency and requests/s, and the server-side query latency
 quantiles read from the ``/metrics`` histogram. Clients and server share the machine.
 """
@@ -14,11 +15,12 @@ quantiles read from the ``/metrics`` histogram. Clients and server share the mac
 from __future__ import annotations
 
 import argparse
+import http.client
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -53,30 +55,35 @@ def start_server(url: str, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("the server did not come up within 300 s")
 
 
+def _client(base: str, users: list[str], k: int) -> tuple[list[float], list[str]]:
+    """One client process: a keep-alive connection, requests one after another."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    latencies, errors = [], []
+    for user in users:
+        t = time.perf_counter()
+        conn.request("GET", f"/users/{user}/recommendations?k={k}")
+        res = conn.getresponse()
+        body = res.read()
+        latencies.append((time.perf_counter() - t) * 1000)
+        if res.status != 200 and len(errors) < 5:
+            errors.append(f"{res.status}: {body[:200]!r}")
+    conn.close()
+    return latencies, errors
+
+
 def run_load(base: str, users: list[str], k: int, concurrency: int) -> tuple[list[float], float]:
+    """``concurrency`` client processes (stdlib http.client: client threads in one process
+    would queue on their own GIL and add that wait to every latency) sharing ``users``."""
     chunks = [users[i::concurrency] for i in range(concurrency)]
-    latencies: list[list[float]] = [[] for _ in chunks]
-    errors: list[str] = []
-
-    def client(n: int) -> None:
-        with httpx.Client(base_url=base, timeout=10) as c:
-            for user in chunks[n]:
-                t = time.perf_counter()
-                res = c.get(f"/users/{user}/recommendations", params={"k": k})
-                latencies[n].append((time.perf_counter() - t) * 1000)
-                if res.status_code != 200 and len(errors) < 5:
-                    errors.append(f"{res.status_code}: {res.text[:200]}")
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
+    with multiprocessing.get_context("fork").Pool(concurrency) as pool:
+        started = time.perf_counter()
+        results = pool.starmap(_client, [(base, chunk, k) for chunk in chunks])
+        elapsed = time.perf_counter() - started
+    errors = [e for _, errs in results for e in errs]
     if errors:
-        raise SystemExit(f"requests failed: {errors}")
-    return [x for chunk in latencies for x in chunk], elapsed
+        raise SystemExit(f"requests failed: {errors[:5]}")
+    return [x for lat, _ in results for x in lat], elapsed
 
 
 def server_quantiles(base: str, endpoint: str = "recommendations") -> dict[float, float]:

@@ -270,12 +270,24 @@ class GraphStore:
 
     def items_seen(self, user_idx: int, *, until: float | None = None) -> np.ndarray:
         """Sorted distinct item indices the user interacted with (``ts <= until``)."""
-        t = schema.interactions
-        stmt = select(t.c.item_idx).where(t.c.user_idx == user_idx).distinct()
+        # On the query path (every recommendation): straight through the driver. Measured
+        # under HTTP load, SQLAlchemy's statement handling and the BEGIN/ROLLBACK around a
+        # Core read were a fifth of a recommendation's server time.
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = f"SELECT DISTINCT item_idx FROM interactions WHERE user_idx = {mark}"
+        params: tuple[float, ...] = (int(user_idx),)
         if until is not None:
-            stmt = stmt.where(t.c.ts <= until)
-        with self.engine.connect() as conn:
-            return np.sort(np.array(conn.execute(stmt).scalars().all(), np.int64))
+            sql += f" AND ts <= {mark}"
+            params += (float(until),)
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            cursor.close()
+        finally:
+            raw.close()
+        return np.sort(np.fromiter((r[0] for r in rows), np.int64, len(rows)))
 
     def counts(self) -> dict[str, int]:
         """Row counts of ``interactions``, ``users``, ``items`` and ``dead_letters``."""

@@ -14,6 +14,10 @@ A crash anywhere before 6 redelivers the batch; step 3 makes that harmless. Step
 on a writer thread (:class:`BatchWriter`) while the next poll happens, and step 6 runs on the
 consumer thread once the writer reports the batch done; before partitions are revoked in a
 rebalance, the writer is drained and its offsets committed.
+
+Consumer lag (:class:`LagMeter`) is read from what the consumer already holds after a poll,
+the high watermark of the last fetch response and the position, so measuring it costs no
+request to the broker.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from store.graph import DeadLetter, GraphStore, WriteResult
@@ -77,6 +81,9 @@ class IngestStats:
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    lag: int | None = None
+    """Messages behind the log end over the measured partitions, at the last measurement
+    (None until one partition has been fetched from)."""
 
     @property
     def elapsed_s(self) -> float:
@@ -92,6 +99,7 @@ class IngestStats:
             f"consumed={self.consumed} stored={self.stored} duplicates={self.duplicates} "
             f"dead_letters={self.dead_letters} batches={self.batches} "
             f"elapsed={self.elapsed_s:.1f}s rate={self.rate:,.0f} events/s"
+            + ("" if self.lag is None else f" lag={self.lag}")
         )
 
 
@@ -124,6 +132,62 @@ def decode_records(records: dict[TopicPartition, list]) -> DecodedBatch:  # type
     return batch
 
 
+class LagMeter:
+    """Consumer lag per partition from what the consumer already knows, at most every
+    ``interval_s``; no request to the broker.
+
+    lag = high watermark - position. Both are "next offset" values, so a caught-up partition
+    has lag 0. The high watermark is the one the last fetch response carried (the broker's
+    ListOffsets is not asked: the local broker answers it late); the position is the offset of
+    the next record ``poll()`` returns, so records fetched but not yet polled count as lag,
+    batches still being written do not. A partition is measured only once a fetch has answered
+    for it: before that ``highwater()`` is None, and ``position()`` of a partition without a
+    position would ask the coordinator for it.
+
+    Args:
+        consumer: the polling kafka-python consumer; call :meth:`measure` from its thread.
+        interval_s: least seconds between two measurements (default 0.5).
+        clock: monotonic seconds (default :func:`time.monotonic`).
+    """
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        *,
+        interval_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.consumer = consumer
+        self.interval_s = interval_s
+        self.clock = clock
+        self._due = float("-inf")
+
+    def measure(self, *, force: bool = False) -> dict[int, int] | None:
+        """Messages behind the log end by partition number, or None when not due (unless
+        ``force``) or when no assigned partition has been fetched from yet."""
+        now = self.clock()
+        if not force and now < self._due:
+            return None
+        lags: dict[int, int] = {}
+        for tp in self.consumer.assignment():
+            try:
+                high = self.consumer.highwater(tp)
+                if high is None:
+                    continue
+                # timeout 0: the position is known once a fetch answered, so this never waits
+                position = self.consumer.position(tp, timeout_ms=0)
+            except IllegalStateError:
+                continue  # revoked since assignment() was read; no longer ours to report
+            if position is not None:
+                # a fetch response older than the position cannot be newer than it
+                lags[tp.partition] = max(0, high - position)
+        if not lags:
+            # nothing fetched yet: stay due, so the first fetch is reported at once
+            return None
+        self._due = now + self.interval_s
+        return lags
+
+
 class IngestLoop:
     """Consume, store, update, commit; the caller owns the process (signals, logging).
 
@@ -142,6 +206,10 @@ class IngestLoop:
             the idle clock starts anyway (default 60; a group join can take a while).
         pipeline_depth: batches written on the writer thread while the next ones are fetched
             (default 2). Offsets are still committed only after each batch's DB commit.
+        on_lag: called on the consumer thread with the lag (messages) by partition number,
+            after a poll at most every ``lag_interval_s`` and once at the end of the run;
+            only partitions already fetched from are in it (see :class:`LagMeter`).
+        lag_interval_s: least seconds between two lag measurements (default 0.5).
     """
 
     def __init__(
@@ -158,6 +226,8 @@ class IngestLoop:
         poll_timeout_ms: int = 200,
         join_grace_s: float = 60.0,
         pipeline_depth: int = 2,
+        on_lag: Callable[[dict[int, int]], None] | None = None,
+        lag_interval_s: float = 0.5,
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -172,6 +242,12 @@ class IngestLoop:
         self.poll_timeout_ms = poll_timeout_ms
         self.join_grace_s = join_grace_s
         self.pipeline_depth = pipeline_depth
+        self.on_lag = on_lag
+        # in-memory test doubles have no high watermark; they simply report no lag
+        self._lag = (
+            LagMeter(consumer, interval_s=lag_interval_s)
+            if hasattr(consumer, "highwater") else None
+        )
         self._writer: BatchWriter[DecodedBatch, WriteResult] | None = None
         self.stats = IngestStats()
         self._stop = False
@@ -201,6 +277,7 @@ class IngestLoop:
                     if limit <= 0:
                         break
                 records = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
+                self._measure_lag()
                 if not records:
                     # the idle clock runs only once we own partitions: joining is not idling
                     joining = not self.consumer.assignment()
@@ -218,6 +295,7 @@ class IngestLoop:
                 batch = decode_records(records)
                 self.stats.consumed += batch.size
                 writer.submit(batch)
+            self._measure_lag(force=True)  # the lag at exit, whenever the last one was taken
             self._flush(writer)
         except Stopped:
             log.warning("stopped while the database was down; uncommitted batches are redelivered")
@@ -226,6 +304,16 @@ class IngestLoop:
             writer.close()
         self.stats.finished = time.monotonic()
         return self.stats
+
+    def _measure_lag(self, *, force: bool = False) -> None:
+        if self._lag is None:
+            return
+        lags = self._lag.measure(force=force)
+        if lags is None:
+            return
+        self.stats.lag = sum(lags.values())
+        if self.on_lag is not None:
+            self.on_lag(lags)
 
     def _flush(self, writer: BatchWriter[DecodedBatch, WriteResult]) -> None:
         """Commit what the writer finished; then re-raise its failure, if it had one."""

@@ -3,11 +3,13 @@
 :class:`Metrics` owns a :class:`~prometheus_client.CollectorRegistry` (never the global one,
 so several apps or tests in one process do not collide) with :class:`ApiMetrics` and
 :class:`IngestMetrics` registered on it; :meth:`Metrics.render` gives the text exposition
-that ``GET /metrics`` serves. No HTTP server of prometheus_client is started.
+that ``GET /metrics`` serves. A standalone ingest process, which has no API, serves its
+:class:`IngestMetrics` with :func:`serve_ingest_metrics` (prometheus_client's own server).
 
 >>> m = Metrics()
 >>> m.ingest.observe_batch(consumed=5, stored=3, duplicates=1, dead_letters=1)
 >>> m.ingest.set_lag(12, partition=0)
+>>> m.ingest.set_lags({0: 12, 1: 3})
 >>> with m.api.time("recommendations"):
 ...     pass
 >>> text = m.render()[0].decode()
@@ -15,13 +17,16 @@ that ``GET /metrics`` serves. No HTTP server of prometheus_client is started.
 True
 >>> "streamrec_query_latency_seconds_bucket" in text
 True
+>>> 'streamrec_ingest_consumer_lag{partition="all"} 15.0' in text
+True
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,7 +35,13 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    start_http_server,
 )
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from store.graph import WriteResult
 
 # seconds; dense below 10 ms, where the query latency target (p99 < 10 ms) lives
 QUERY_BUCKETS = (
@@ -125,9 +136,10 @@ class ApiMetrics:
 class IngestMetrics:
     """What the ingest loop reports: consumer lag, event counts, update latency.
 
-    The loop calls :meth:`observe_batch` after each committed batch, :meth:`set_lag` after
-    each poll and :meth:`observe_update` (or ``with time_update():``) around the
-    incremental update. Events per second is ``rate(streamrec_ingest_events_total[1m])``.
+    The loop calls :meth:`observe_batch` (or :meth:`observe_write`) after each committed
+    batch, :meth:`set_lags` (its ``on_lag``) after a poll and :meth:`observe_update` (or
+    ``with time_update():``, or :meth:`timed`) around the incremental update. Events per
+    second is ``rate(streamrec_ingest_events_total{outcome="consumed"}[1m])``.
 
     Args:
         registry: where the metrics are registered.
@@ -159,6 +171,8 @@ class IngestMetrics:
             "Event time (epoch s) of the newest stored event", registry=registry,
         )
         self._outcomes = {o: self.events.labels(o) for o in OUTCOMES}
+        self._lag_partitions: set[str] = set()
+        self._newest_event: float | None = None
 
     def observe_batch(
         self,
@@ -183,6 +197,47 @@ class IngestMetrics:
     def set_lag(self, lag: int, partition: int | str = "all") -> None:
         """Messages behind the log end of ``partition`` (or of the whole topic: ``"all"``)."""
         self.consumer_lag.labels(str(partition)).set(lag)
+
+    def set_lags(self, lags: Mapping[int, int]) -> None:
+        """Messages behind the log end by partition, and their sum as ``"all"``.
+
+        Fits :class:`stream.consumer.IngestLoop`'s ``on_lag``. A partition missing from
+        ``lags`` (moved to another group member) is dropped, so its last value does not
+        linger as if this process still owned it.
+        """
+        current = {str(p) for p in lags}
+        for gone in self._lag_partitions - current:
+            self.consumer_lag.remove(gone)
+        for partition, lag in lags.items():
+            self.set_lag(lag, partition)
+        self.set_lag(sum(lags.values()))
+        self._lag_partitions = current
+
+    def observe_write(self, result: WriteResult) -> None:
+        """Count one committed batch from the store's :class:`~store.graph.WriteResult`.
+
+        Every message of a batch ends up stored, duplicate or dead letter, so their sum is
+        the batch's consumed count; the event-time gauge keeps the newest event time seen
+        (epoch s), since batches may carry older events than earlier ones.
+        """
+        if len(result.ts):
+            newest = float(result.ts.max())
+            if self._newest_event is None or newest > self._newest_event:
+                self._newest_event = newest
+        self.observe_batch(
+            consumed=result.stored + result.duplicates + result.dead_letters,
+            stored=result.stored, duplicates=result.duplicates,
+            dead_letters=result.dead_letters, last_event_time=self._newest_event,
+        )
+
+    def timed(self, update: Callable[[WriteResult], object]) -> Callable[[WriteResult], None]:
+        """``update`` (the incremental updater) with each call observed as one update."""
+
+        def run(result: WriteResult) -> None:
+            with self.time_update():
+                update(result)
+
+        return run
 
     def observe_update(self, seconds: float) -> None:
         self.update_latency.observe(seconds)
@@ -214,4 +269,19 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-__all__ = ["ApiMetrics", "IngestMetrics", "Metrics"]
+def serve_ingest_metrics(
+    port: int, addr: str = "0.0.0.0"
+) -> tuple[IngestMetrics, WSGIServer]:
+    """Ingest metrics on a private registry, served at ``http://addr:port/metrics`` from a
+    daemon thread; for an ingest process without the HTTP API. Raises :class:`OSError` when
+    the port is taken. ``server.shutdown()`` stops it.
+
+    ``addr`` defaults to every interface, as a Prometheus scrape target usually must.
+    """
+    registry = CollectorRegistry()
+    ingest = IngestMetrics(registry)
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return ingest, server
+
+
+__all__ = ["ApiMetrics", "IngestMetrics", "Metrics", "serve_ingest_metrics"]

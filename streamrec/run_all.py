@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from store.embeddings import EmbeddingStore
 from store.engine import WalCheckpointer
-from store.graph import GraphStore
+from store.graph import GraphStore, WriteResult
 from stream.consumer import IngestLoop, IngestStats, make_consumer
 from streamrec.live import LiveUpdater
 from streamrec.metrics import Metrics
@@ -60,18 +60,17 @@ def run_all(settings: Settings, options: RunOptions) -> IngestStats:
         log.info("retrain scheduler: %s at %r", options.model, options.cron)
     live = LiveUpdater(graph, embeddings)
 
-    def on_batch(result) -> None:  # type: ignore[no-untyped-def]
-        with metrics.ingest.time_update():
-            live(result)
-        consumed = result.stored + result.duplicates + result.dead_letters
-        metrics.ingest.observe_batch(consumed=consumed,
-                                     stored=result.stored, duplicates=result.duplicates,
-                                     dead_letters=result.dead_letters)
+    update = metrics.ingest.timed(live)
+
+    def on_batch(result: WriteResult) -> None:
+        update(result)
+        metrics.ingest.observe_write(result)  # a batch counts once it is updated
 
     consumer = make_consumer(settings.bootstrap, settings.topic, settings.group,
                              max_poll_interval_ms=settings.kafka_max_poll_interval_ms)
     loop = IngestLoop(consumer, graph, batch_size=settings.batch_size, on_batch=on_batch,
-                      join_grace_s=settings.kafka_max_poll_interval_ms / 1000 + 10)
+                      join_grace_s=settings.kafka_max_poll_interval_ms / 1000 + 10,
+                      on_lag=metrics.ingest.set_lags)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("%s: finishing the current batch, then stopping", signal.Signals(signum).name)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         1, ge=1, description="torch CPU threads of the ingest process's updater; one thread "
         "avoids OpenMP oversubscription beside the consumer and writer threads",
     )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="port on which `ingest` serves Prometheus metrics "
+        "at /metrics (None or 0: not served; `run` serves them through its HTTP API)",
+    )
     log_level: str = Field("INFO", description="logging level")
 
     def merged(self, **overrides: object) -> Settings:

@@ -288,3 +288,18 @@ def test_overlay_reloads_are_spaced_but_versions_are_not(stores) -> None:
     assert refresher.overlay_size == 1
     assert _retrain(graph, embeddings, "popularity") == "v2"
     assert refresher.check() is True and refresher.served.name == "v2"
+
+
+def test_query_bodies_match_their_documented_models(client: TestClient) -> None:
+    """The query endpoints send JSON built by QueryService, not re-validated by FastAPI:
+    each body must still be exactly its OpenAPI response model."""
+    from streamrec.api import Embedding, Recommendations, SimilarItems
+
+    models = dict(zip(QUERY_PATHS, (Recommendations, SimilarItems, Embedding, Embedding),
+                      strict=True))
+    for path, model in models.items():
+        res = client.get(path)
+        assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+        body = res.json()
+        assert set(body) == set(model.model_fields), path
+        assert model.model_validate(body).model_dump() == body, path
