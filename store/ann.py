@@ -3,10 +3,15 @@
 Exact paths (FAISS flat, numpy) return the same items, ties broken by the lower item id; the
 HNSW path is approximate. Per-query exclusions (seen items, the query item itself) are
 filtered after an over-fetch, with an exact brute-force fallback for a row that runs short.
+
+A serving process keeps the index fresh without rebuilding it: :meth:`ItemIndex.updated`
+returns an index that scores the given items with their new vectors (items whose vector the
+incremental updater moved, and new items), exactly, on top of the built index's candidates.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from types import ModuleType
@@ -78,6 +83,9 @@ class ItemIndex:
         self.backend = "faiss" if faiss is not None else "numpy"
         self.kind = "numpy"
         self._faiss = faiss
+        self._built = len(self.items)  # items in the built index; later ones are fresh only
+        self._fresh = np.empty(0, np.int64)  # sorted ids scored by their current vector
+        self._fresh_items = np.empty((0, self.dim), np.float32)  # their vectors [m, dim]
         self._index = None
         self._gpu_resources = None
         if faiss is not None:
@@ -102,6 +110,42 @@ class ItemIndex:
         index.add(self.items)
         return index
 
+    def updated(self, ids: np.ndarray, vectors: np.ndarray) -> ItemIndex:
+        """A copy whose items ``ids`` ``[m]`` have the new ``vectors`` ``[m, dim]``; ids from
+        ``len(self)`` on append new items (they must continue the id range without gaps).
+
+        The built FAISS index is shared, not rebuilt: its candidates are re-scored with the
+        current vectors and every updated item is scored exactly, so the answer is what a
+        rebuilt index would give (exact for flat, as approximate as before for HNSW), at a
+        cost of ``O(#updated * dim)`` per query. Rebuild (a new ItemIndex) when
+        :attr:`fresh_share` grows large. This object is left unchanged (safe for concurrent
+        readers).
+        """
+        idx = np.asarray(ids, np.int64).ravel()
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vecs.shape != (len(idx), self.dim):
+            raise ValueError(f"vectors must be [{len(idx)}, {self.dim}], got {vecs.shape}")
+        if not np.isfinite(vecs).all():
+            raise ValueError("vectors hold NaN or inf; cannot index them")
+        if len(idx) and idx.min() < 0:
+            raise ValueError(f"item ids must be >= 0, got {int(idx.min())}")
+        size = max(len(self), int(idx.max()) + 1 if len(idx) else 0)
+        new = np.unique(idx[idx >= len(self)])
+        if len(new) != size - len(self):
+            raise ValueError(f"new item ids must be {len(self)}..{size - 1} without gaps")
+        out = copy.copy(self)
+        out.items = np.zeros((size, self.dim), np.float32)
+        out.items[: len(self)] = self.items
+        out.items[idx] = vecs
+        out._fresh = np.union1d(self._fresh, idx)
+        out._fresh_items = out.items[out._fresh]
+        return out
+
+    @property
+    def fresh_share(self) -> float:
+        """Share of the items scored from updated vectors rather than the built index."""
+        return len(self._fresh) / len(self) if len(self) else 0.0
+
     def __len__(self) -> int:
         return self.items.shape[0]
 
@@ -116,6 +160,8 @@ class ItemIndex:
 
     def __repr__(self) -> str:
         extra = f", ef_search={self.ef_search}" if self.kind == "hnsw" else ""
+        if len(self._fresh):
+            extra += f", updated={len(self._fresh)}"
         return (
             f"ItemIndex(backend={self.backend!r}, kind={self.kind!r}, size={len(self)}, "
             f"dim={self.dim}{extra})"
@@ -153,19 +199,32 @@ class ItemIndex:
             self._numpy_search(q, k, excluded, scores, ids)
             return scores, ids
         longest = max((len(e) for e in excluded), default=0)
-        fetch = min(len(self), k + 1 + min(longest, self.max_overfetch))
+        # updated items among the candidates are dropped (scored exactly below): fetch more
+        longest += min(len(self._fresh), 4 * k)
+        fetch = min(self._built, k + 1 + min(longest, self.max_overfetch))
         found_scores, found_ids = self._faiss_search(q, fetch)
+        fresh = self._fresh
+        if len(fresh):  # updated items: exact scores with their current vectors
+            fresh_scores = q @ self._fresh_items.T  # [B, m]
         for row in range(q.shape[0]):
             keep = found_ids[row] >= 0
             if len(excluded[row]):
                 keep &= ~np.isin(found_ids[row], excluded[row])
+            if len(fresh):  # their built-index scores are stale: drop, then merge exact ones
+                keep &= ~np.isin(found_ids[row], fresh)
             s, i = found_scores[row][keep], found_ids[row][keep]
             if self.exact:
                 # exact only if the k-th survivor beats the (k+1)-th, or nothing was left out
-                complete = fetch == len(self)
+                complete = fetch == self._built
                 unsure = not complete and (len(i) <= k or s[k - 1] == s[k])
             else:
                 unsure = len(i) < k  # HNSW ran short (exclusions, unreachable nodes)
+            if len(fresh) and not unsure:
+                ok = ~np.isin(fresh, excluded[row]) if len(excluded[row]) else slice(None)
+                s = np.concatenate([s, fresh_scores[row][ok]])
+                i = np.concatenate([i, fresh[ok]])
+                order = np.lexsort((i, -s))
+                s, i = s[order], i[order]
             if unsure:
                 s, i = self._exact_row(q[row], k, excluded[row])
             elif self.exact:

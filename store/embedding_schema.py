@@ -292,6 +292,13 @@ class EmbeddingSnapshot:
         out[np.fromiter(self.overlay(kind), np.int64)] = True
         return out
 
+    def copy(self) -> EmbeddingSnapshot:
+        """An independent copy (matrices and overlay maps), to :meth:`apply` rows to while
+        readers keep using this one."""
+        return EmbeddingSnapshot(self.version, self.users.copy(), self.items.copy(),
+                                 dict(self.overlay_users), dict(self.overlay_items),
+                                 self.updater_state)
+
     @property
     def watermark(self) -> float | None:
         """The newest overlay ``updated_at`` (for the next ``overlay_since``), or None."""

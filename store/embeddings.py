@@ -442,6 +442,16 @@ class EmbeddingStore:
             ).all()
         return _delta(rows, info.dim, info.id)
 
+    def overlay_newest(self, base_version_id: int) -> float | None:
+        """The newest ``updated_at`` among ``base_version_id``'s overlay rows (epoch s), or
+        None without rows; one index lookup, for cheap change detection."""
+        o = es.embedding_overlay
+        stmt = select(func.max(o.c.updated_at)).where(
+            o.c.base_version_id == _version_id(base_version_id))
+        with self.engine.connect() as conn:
+            newest = conn.execute(stmt).scalar()
+        return None if newest is None else float(newest)
+
     def overlay_size(self, base_version_id: int) -> int:
         """How many overlay rows belong to ``base_version_id``."""
         o = es.embedding_overlay

@@ -331,12 +331,13 @@ class GraphStore:
         with self.engine.connect() as conn:
             return self._lookup(conn, table, list(dict.fromkeys(external_ids)))
 
-    def node_ids(self, kind: str) -> list[str]:
-        """External ids indexed by dense index: ``node_ids("user")[idx]``."""
+    def node_ids(self, kind: str, start: int = 0) -> list[str]:
+        """External ids indexed by dense index: ``node_ids("user")[idx]``; with ``start``,
+        those of indices ``start, start + 1, ...`` only (the nodes added since)."""
         table = _node_table(kind)
+        stmt = select(table.c.external_id).where(table.c.idx >= start).order_by(table.c.idx)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(table.c.external_id).order_by(table.c.idx)).scalars()
-            return list(rows)
+            return list(conn.execute(stmt).scalars())
 
     def dead_letter_rows(self, limit: int = 100) -> list[dict[str, object]]:
         """The most recent dead letters, newest first, as dicts of their columns."""

@@ -2,8 +2,9 @@
 
 One :class:`QueryService` holds the active version's merged snapshot, an ANN index over its
 items and the id maps in memory; :meth:`QueryService.refresh` reloads them (after a new
-version is activated or overlay rows were written). The JSON shapes are those of
-../shared/DESIGN.md and are shared by the CLI and the HTTP API.
+version is activated) and :meth:`QueryService.refresh_overlay` applies the overlay rows
+written since, in milliseconds rather than a reload's seconds at catalogue scale. The JSON
+shapes are those of ../shared/DESIGN.md and are shared by the CLI and the HTTP API.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from store.embeddings import EmbeddingSnapshot, EmbeddingStore
 from store.graph import GraphStore
 
 DEFAULT_POPULAR_WINDOW_S = 7 * 86_400.0
+DEFAULT_OVERLAY_MARGIN_S = 30.0
 
 
 class UnknownItem(LookupError):
@@ -41,6 +43,7 @@ class _Served:
     item_index: dict[str, int]
     popular: np.ndarray  # item idx, most popular in the recent window first
     popular_counts: np.ndarray
+    watermark: float | None  # newest overlay updated_at applied (epoch s)
 
 
 class QueryService:
@@ -85,10 +88,69 @@ class QueryService:
         served = _Served(
             snapshot, index, rows, row_of_item, user_ids, item_ids,
             {u: i for i, u in enumerate(user_ids)}, {t: i for i, t in enumerate(item_ids)},
-            popular, counts,
+            popular, counts, snapshot.watermark,
         )
         with self._lock:
             self._served = served
+
+    def refresh_overlay(self, *, margin_s: float = DEFAULT_OVERLAY_MARGIN_S) -> bool:
+        """Apply the overlay rows written since the served snapshot, without reloading the
+        version or rebuilding the item index (see :meth:`ItemIndex.updated`); also picks up
+        new users and items and the recent popularity.
+
+        Rows are read by ``updated_at`` (event time) from the newest one served minus
+        ``margin_s`` (default 30 s), so a row committed late by a slower partition's writer
+        is still seen; re-applying a row is harmless. An older late row waits for the next
+        :meth:`refresh`.
+
+        Returns:
+            False when there is nothing to refresh incrementally (nothing served yet, or the
+            active version changed): call :meth:`refresh`.
+        """
+        served = self._served
+        active = self.embeddings.active_version()
+        if served is None or active is None or active.id != served.snapshot.version.id:
+            return False
+        since = served.watermark - margin_s if served.watermark is not None else -np.inf
+        delta = self.embeddings.overlay_since(active.id, since)
+        snapshot = served.snapshot.copy().apply(delta) if len(delta.idx) else served.snapshot
+        index, item_rows, row_of_item = served.index, served.item_rows, served.row_of_item
+        items = np.unique(delta.idx[delta.kind == "item"])
+        if len(items):
+            row_of_item = np.pad(row_of_item, (0, max(0, int(items.max()) + 1 - len(row_of_item))),
+                                 constant_values=-1)
+            new = items[row_of_item[items] < 0]  # first vector of these items: new index rows
+            row_of_item[new] = len(item_rows) + np.arange(len(new))
+            item_rows = np.concatenate([item_rows, new])
+            index = index.updated(row_of_item[items], snapshot.items[items])
+        user_ids = served.user_ids + self.graph.node_ids("user", start=len(served.user_ids))
+        item_ids = served.item_ids + self.graph.node_ids("item", start=len(served.item_ids))
+        popular, counts = self._recent_popularity(len(item_ids))
+        user_index, item_index = served.user_index, served.item_index
+        if len(user_ids) > len(served.user_ids):
+            user_index = {**user_index, **{u: i for i, u in enumerate(user_ids)
+                                           if i >= len(served.user_ids)}}
+        if len(item_ids) > len(served.item_ids):
+            item_index = {**item_index, **{t: i for i, t in enumerate(item_ids)
+                                           if i >= len(served.item_ids)}}
+        if len(row_of_item) < len(item_ids):
+            row_of_item = np.pad(row_of_item, (0, len(item_ids) - len(row_of_item)),
+                                 constant_values=-1)
+        watermark = served.watermark
+        if len(delta.updated_at):
+            newest = float(delta.updated_at.max())
+            watermark = newest if watermark is None else max(watermark, newest)
+        refreshed = _Served(snapshot, index, item_rows, row_of_item, user_ids, item_ids,
+                            user_index, item_index, popular, counts, watermark)
+        with self._lock:
+            self._served = refreshed
+        return True
+
+    @property
+    def index_fresh_share(self) -> float:
+        """Share of the served items scored from updated vectors rather than the built
+        index (grows with :meth:`refresh_overlay`; :meth:`refresh` resets it to 0)."""
+        return self._served.index.fresh_share if self._served is not None else 0.0
 
     def _recent_popularity(self, num_items: int) -> tuple[np.ndarray, np.ndarray]:
         last = self.graph.last_event_time()

@@ -97,3 +97,48 @@ def test_numpy_fallback_without_faiss_and_validation(monkeypatch: pytest.MonkeyP
         ItemIndex(items, backend="annoy")
     empty = ItemIndex(np.zeros((0, 5), np.float32))
     assert empty.search(queries, 2)[1].tolist() == [[-1, -1]] * 3
+
+
+@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw"])
+@pytest.mark.parametrize("moved", [5, 300])
+def test_updated_index_answers_like_a_rebuilt_one(name: str, moved: int) -> None:
+    items, queries = _data()
+    rng = np.random.default_rng(1)
+    # move some items far (so stale scores would be wrong) and append 7 new ones
+    ids = np.concatenate([rng.choice(len(items), moved, replace=False),
+                          np.arange(len(items), len(items) + 7)])
+    vectors = 3 * rng.standard_normal((len(ids), items.shape[1])).astype(np.float32)
+    current = np.concatenate([items, np.zeros((7, items.shape[1]), np.float32)])
+    current[ids] = vectors
+    old = _indexes(items)[name]
+    new = old.updated(ids, vectors)
+    assert len(new) == len(current) and len(old) == len(items)  # the original is untouched
+    assert new.fresh_share == pytest.approx(len(ids) / len(current))
+    exclude = [rng.choice(len(current), 30, replace=False) for _ in queries]
+    exclude[0] = ids[:3]  # excluded updated items stay excluded
+    got_scores, got_ids = new.search(queries, 10, exclude=exclude)
+    ref_scores, ref_ids = ItemIndex(current, backend="numpy").search(queries, 10, exclude=exclude)
+    if name == "hnsw":
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got_ids, ref_ids, strict=True)])
+        assert recall >= 0.95
+        # every updated item that belongs in a top-10 is found: they are scored exactly
+        for row, ref in enumerate(ref_ids):
+            assert set(ref) & set(ids) <= set(got_ids[row])
+    else:
+        np.testing.assert_array_equal(got_ids, ref_ids)
+        np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-5, atol=1e-5)
+    for row, ex in enumerate(exclude):
+        assert not set(got_ids[row]) & set(ex.tolist())
+    # updates compose: a second update of the same items wins
+    newer = new.updated(ids[:2], -vectors[:2])
+    assert (newer.items[ids[:2]] == -vectors[:2]).all() and (new.items[ids[:2]] == vectors[:2]).all()
+
+
+def test_updated_validates() -> None:
+    index = ItemIndex(np.eye(4, dtype=np.float32), backend="numpy")
+    with pytest.raises(ValueError, match="without gaps"):
+        index.updated(np.array([6]), np.ones((1, 4)))
+    with pytest.raises(ValueError, match=r"\[1, 4\]"):
+        index.updated(np.array([1]), np.ones((1, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        index.updated(np.array([1]), np.full((1, 4), np.nan))
