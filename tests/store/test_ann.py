@@ -119,7 +119,8 @@ def test_updated_index_answers_like_a_rebuilt_one(name: str, moved: int) -> None
     got_scores, got_ids = new.search(queries, 10, exclude=exclude)
     ref_scores, ref_ids = ItemIndex(current, backend="numpy").search(queries, 10, exclude=exclude)
     if name == "hnsw":
-        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got_ids, ref_ids, strict=True)])
+        recall = np.mean([len(set(a) & set(b)) / 10
+                          for a, b in zip(got_ids, ref_ids, strict=True)])
         assert recall >= 0.95
         # every updated item that belongs in a top-10 is found: they are scored exactly
         for row, ref in enumerate(ref_ids):
@@ -131,7 +132,8 @@ def test_updated_index_answers_like_a_rebuilt_one(name: str, moved: int) -> None
         assert not set(got_ids[row]) & set(ex.tolist())
     # updates compose: a second update of the same items wins
     newer = new.updated(ids[:2], -vectors[:2])
-    assert (newer.items[ids[:2]] == -vectors[:2]).all() and (new.items[ids[:2]] == vectors[:2]).all()
+    assert (newer.items[ids[:2]] == -vectors[:2]).all()
+    assert (new.items[ids[:2]] == vectors[:2]).all()
 
 
 def test_updated_validates() -> None:
