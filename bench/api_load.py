@@ -1,15 +1,17 @@
 """HTTP load on ``GET /users/{id}/recommendations`` at catalogue scale (target: p99 < 10 ms).
 
     python bench/api_load.py [--items 100000] [--users 20000] [--requests 4000]
-                             [--concurrency 1,8] [--k 10]
+                             [--concurrency 1,8] [--workers 2] [--k 10]
 
 Builds a SQLite store with a synthetic history over ``--items`` items and an active version
-of random vectors (dim 64), starts ``streamrec.api.serve`` with uvicorn in a subprocess
-(access log off), then for each concurrency level runs that many client processes (one
+of random vectors (dim 64), then for each ``--workers`` count (comma-separated, e.g. ``1,2``
+to compare) starts ``streamrec.api.serve(..., workers=N)`` with uvicorn in a subprocess
+(access log off) and for each concurrency level runs that many client processes (one
 keep-alive ``http.client`` connection each) sharing ``--requests`` requests for random known
 users.
 Prints client-side p50/p99 latency and requests/s, and the server-side query latency
-quantiles read from the ``/metrics`` histogram. Clients and server share the machine.
+quantiles read from the ``/metrics`` histogram (with several workers, of the one worker that
+answers the scrape). Clients and server share the machine.
 """
 
 from __future__ import annotations
@@ -36,17 +38,23 @@ def build(path: Path, users: int, items: int, events_per_user: int, seed: int) -
     query_latency.build(path, users, items, events_per_user, seed).engine.dispose()
 
 
-def start_server(url: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
+    """``serve(url, port=port, workers=workers)`` in a subprocess (uvicorn's log in ``log``),
+    returned once every worker has started and a version is served."""
     code = (f"from streamrec.api import serve; serve({url!r}, port={port}, "
-            "log_level='warning', access_log=False)")
+            f"log_level='info', access_log=False, workers={workers})")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=out, stdout=out)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
+            raise SystemExit(f"the server exited with {proc.returncode}:\n{log.read_text()}")
+        # a worker still loading does not accept yet (the others answer): count start-ups
+        started = log.read_text().count("Application startup complete.")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").json().get("served"):
+            served = httpx.get(f"http://127.0.0.1:{port}/healthz").json().get("served")
+            if served and started >= workers:
                 return proc
         except httpx.TransportError:
             pass
@@ -108,38 +116,44 @@ def main() -> None:
     ap.add_argument("--events-per-user", type=int, default=20)
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--concurrency", default="1,8", help="comma-separated client thread counts")
+    ap.add_argument("--workers", default="2",
+                    help="comma-separated server worker process counts, e.g. 1,2 to compare")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "api.db"
         t = time.perf_counter()
         build(path, args.users, args.items, args.events_per_user, args.seed)
         print(f"built store: {args.items:,} items, {args.users:,} users in "
               f"{time.perf_counter() - t:.1f}s")
-        port = free_port()
-        t = time.perf_counter()
-        server = start_server(f"sqlite:///{path}", port)
-        print(f"server up in {time.perf_counter() - t:.1f}s (load + index build)")
-        base = f"http://127.0.0.1:{port}"
-        try:
-            warm = [f"u{u}" for u in rng.integers(1, args.users, 200)]
-            run_load(base, warm, args.k, 2)
-            for concurrency in (int(c) for c in args.concurrency.split(",")):
-                users = [f"u{u}" for u in rng.integers(1, args.users, args.requests)]
-                lat, elapsed = run_load(base, users, args.k, concurrency)
-                p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
-                print(f"recommend k={args.k}, {args.items:,} items, {concurrency} clients: "
-                      f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 10 ms), "
-                      f"{len(lat) / elapsed:.0f} req/s over {len(lat)} requests")
-            q = server_quantiles(base)
-            print(f"server-side query time (all runs, histogram bucket bounds): "
-                  f"p50 <= {q[0.5]:.1f} ms, p99 <= {q[0.99]:.1f} ms")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
+        for workers in (int(w) for w in args.workers.split(",")):
+            rng = np.random.default_rng(args.seed)  # the same requests for every server
+            port = free_port()
+            t = time.perf_counter()
+            server = start_server(f"sqlite:///{path}", port, Path(tmp) / f"serve-{workers}.log",
+                                  workers)
+            print(f"server with {workers} worker(s) up in {time.perf_counter() - t:.1f}s "
+                  "(load + index build)")
+            base = f"http://127.0.0.1:{port}"
+            try:
+                warm = [f"u{u}" for u in rng.integers(1, args.users, 200)]
+                run_load(base, warm, args.k, 2)
+                for concurrency in (int(c) for c in args.concurrency.split(",")):
+                    users = [f"u{u}" for u in rng.integers(1, args.users, args.requests)]
+                    lat, elapsed = run_load(base, users, args.k, concurrency)
+                    p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
+                    print(f"recommend k={args.k}, {args.items:,} items, {workers} worker(s), "
+                          f"{concurrency} clients: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+                          f"(target p99 < 10 ms), {len(lat) / elapsed:.0f} req/s over "
+                          f"{len(lat)} requests")
+                q = server_quantiles(base)
+                scope = "all runs" if workers == 1 else "one worker's histogram"
+                print(f"server-side query time ({scope}, histogram bucket bounds): "
+                      f"p50 <= {q[0.5]:.1f} ms, p99 <= {q[0.99]:.1f} ms")
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
 
 if __name__ == "__main__":
     main()

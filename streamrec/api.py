@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from pydantic import BaseModel, Field
 from store.embedding_schema import NoActiveVersionError, VersionInfo
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
+from store.retrain_jobs import RetrainJobBusy, RetrainJobRecord, RetrainJobStore
 from streamrec import retrain as retrain_job
 from streamrec.metrics import Metrics
 from streamrec.queries import QueryService, UnknownItem, UnknownUser
@@ -127,13 +129,16 @@ class Error(BaseModel):
 # ---------------------------------------------------------------- refresher
 @dataclass
 class Refresher:
-    """Reloads ``service`` when the active version, its overlay or the events moved.
+    """Keeps ``service`` on the active version, its overlay and the events.
 
-    :meth:`check` is cheap when nothing changed (four small reads); a reload builds the
-    new snapshot and index aside and swaps it in, so requests never wait for it. A new
-    active version is loaded at the next check; reloads for overlay rows or events alone
-    are spaced so they take at most ``max_duty`` of the time (a reload at 100k items costs
-    seconds, and continuous ingest would otherwise keep one core busy reloading).
+    :meth:`check` is cheap when nothing changed (a few small reads). Overlay rows, new
+    users/items and events of the served version are applied in place
+    (:meth:`QueryService.refresh_overlay`: milliseconds, no index rebuild). A full reload
+    builds the new snapshot and index aside and swaps it in, so requests never wait for it:
+    at once for a new active version, and when the share of items the index scores from
+    updated vectors passes ``max_fresh_share`` (each of them costs every query a dot
+    product), spaced so reloads take at most ``max_duty`` of the time (one costs seconds at
+    100k items).
     """
 
     service: QueryService
@@ -145,6 +150,7 @@ class Refresher:
     overlay_size: int = 0
     last_check: float = 0.0
     max_duty: float = 0.2
+    max_fresh_share: float = 0.05
     reload_s: float = 0.0
     _reloaded_at: float = -math.inf
     _signature: tuple[Any, ...] | None = None
@@ -153,7 +159,7 @@ class Refresher:
     _thread: threading.Thread | None = None
 
     def check(self, *, force: bool = False) -> bool:
-        """Reload if anything moved (or ``force``); returns whether it reloaded."""
+        """Refresh if anything moved (or ``force``); returns whether the served data changed."""
         with self._lock:
             self.last_check = time.monotonic()
             embeddings, graph = self.service.embeddings, self.service.graph
@@ -161,32 +167,38 @@ class Refresher:
             self.active = active
             if active is None:
                 return False
-            since = self.newest_overlay if self.served and self.served.id == active.id else None
-            delta = embeddings.overlay_since(active.id, -math.inf if since is None else since)
-            newest = float(delta.updated_at.max()) if len(delta.idx) else since
             self.overlay_size = embeddings.overlay_size(active.id)
             if self.metrics is not None:
                 self.metrics.api.overlay_size.set(self.overlay_size)
-            signature = (active.id, active.activated_at, newest, graph.last_event_time())
-            if not force and signature == self._signature:
-                return False
+            signature = (active.id, active.activated_at, embeddings.overlay_newest(active.id),
+                         self.overlay_size, graph.last_event_time())
             same_version = self._signature is not None and self._signature[:2] == signature[:2]
-            gap = self.reload_s * (1.0 / self.max_duty - 1.0)
-            if not force and same_version and time.monotonic() - self._reloaded_at < gap:
-                return False  # overlay rows / events only: wait, keep the duty cycle
+            if not force and signature == self._signature and not self._rebuild_due():
+                return False
+            if not force and same_version and not self._rebuild_due():
+                if self.service.refresh_overlay():
+                    self._signature = signature
+                    self.newest_overlay = self.service.served.watermark
+                    return True
+            elif not force and same_version:
+                gap = self.reload_s * (1.0 / self.max_duty - 1.0)
+                if time.monotonic() - self._reloaded_at < gap:
+                    return False  # the rebuild waits, keeping the duty cycle
             started = time.perf_counter()
             self.service.refresh()
             self.reload_s = time.perf_counter() - started
             self._reloaded_at = time.monotonic()
-            snapshot = self.service.served.snapshot
-            self.served, self.newest_overlay = snapshot.version, snapshot.watermark
-            self._signature = (self.served.id, self.served.activated_at, self.newest_overlay,
-                               signature[3])
+            served = self.service.served
+            self.served, self.newest_overlay = served.snapshot.version, served.watermark
+            self._signature = signature
             if self.metrics is not None:
                 self.metrics.api.refresh_seconds.observe(self.reload_s)
             log.info("serving %s (%d overlay rows) after a %.2fs reload", self.served.name,
                      self.overlay_size, self.reload_s)
             return True
+
+    def _rebuild_due(self) -> bool:
+        return self.service.index_fresh_share > self.max_fresh_share
 
     def check_quietly(self) -> None:
         try:
@@ -219,47 +231,106 @@ class Refresher:
 
 # ----------------------------------------------------------------- retrains
 class RetrainBusy(RuntimeError):
-    """A retrain is already running."""
+    """A retrain is already running (in this process or another one on the same store)."""
 
 
 class RetrainRunner:
-    """Runs one retrain at a time in a daemon thread; keeps every job's outcome."""
+    """Runs one retrain at a time across every API process on the store; keeps the outcomes.
+
+    Each job is a row of ``retrain_jobs`` (:class:`~store.retrain_jobs.RetrainJobStore`), so
+    any worker process answers ``GET /retrain/{job_id}``, and :meth:`submit` claims the single
+    retrain slot atomically in the store, so two workers never train at once. The job runs in
+    a daemon thread of the process that accepted it, which beats the row's heartbeat every
+    ``heartbeat_s`` seconds; a job whose process died reads as ``failed`` once its heartbeat
+    is older than the store's ``stale_after_s`` (at once when the pid is gone on this host),
+    and then no longer blocks new jobs.
+
+    Args:
+        graph, embeddings: the stores the retrain reads and publishes to.
+        on_success: called after a job's version is activated and before the job reports
+            success (the API reloads its served snapshot; other workers pick the new version
+            up at their next refresh check).
+        jobs: the job records (default: a :class:`RetrainJobStore` on ``graph.engine``).
+        heartbeat_s: seconds between heartbeats of a running job (default 10).
+    """
 
     def __init__(self, graph: GraphStore, embeddings: EmbeddingStore,
-                 on_success: Callable[[], None]) -> None:
+                 on_success: Callable[[], None], *, jobs: RetrainJobStore | None = None,
+                 heartbeat_s: float = 10.0) -> None:
         self.graph, self.embeddings, self.on_success = graph, embeddings, on_success
-        self.jobs: dict[str, RetrainJob] = {}
-        self._lock = threading.Lock()
-        self._running: str | None = None
+        self.jobs = jobs if jobs is not None else RetrainJobStore(graph.engine)
+        if not 0 < heartbeat_s < self.jobs.stale_after_s / 2:
+            raise ValueError(f"heartbeat_s must be in (0, stale_after_s / 2 = "
+                             f"{self.jobs.stale_after_s / 2}), got {heartbeat_s}")
+        self.heartbeat_s = heartbeat_s
 
     def submit(self, plan: retrain_job.RetrainPlan) -> RetrainJob:
         """Start ``plan`` in the background. Raises RetrainBusy, RetrainError (bad model)."""
         plan.model_kwargs()  # an unknown model fails here, before the 202
-        with self._lock:
-            if self._running is not None:
-                raise RetrainBusy(f"retrain job {self._running} is still running")
-            job = RetrainJob(job_id=uuid.uuid4().hex[:12], model=plan.model, status="running",
-                             submitted_at=time.time())
-            self.jobs[job.job_id] = job
-            self._running = job.job_id
-        threading.Thread(target=self._run, args=(job, plan), name=f"retrain-{job.job_id}",
+        parameters = {"epochs": plan.epochs, "dim": plan.dim, "cutoff": plan.cutoff}
+        try:
+            record = self.jobs.claim(uuid.uuid4().hex[:12], plan.model, parameters)
+        except RetrainJobBusy as exc:
+            raise RetrainBusy(str(exc)) from None
+        threading.Thread(target=self._run, args=(record.id, plan), name=f"retrain-{record.id}",
                          daemon=True).start()
-        return job
+        return _job_body(record)
 
-    def _run(self, job: RetrainJob, plan: retrain_job.RetrainPlan) -> None:
+    def get(self, job_id: str) -> RetrainJob | None:
+        """A job's current body, whichever process runs it; None for an unknown id."""
+        record = self.jobs.get(job_id)
+        return None if record is None else _job_body(record)
+
+    def _run(self, job_id: str, plan: retrain_job.RetrainPlan) -> None:
+        done = threading.Event()
+        beater = threading.Thread(target=self._beat, args=(job_id, done),
+                                  name=f"retrain-{job_id}-heartbeat", daemon=True)
+        beater.start()
+        outcome: dict[str, Any] = {"status": "failed"}
         try:
             info = retrain_job.retrain(self.graph, self.embeddings, plan)
             self.on_success()  # serve it before the job reports success
-            job.version, job.status = info.name, "succeeded"
+            outcome = {"status": "succeeded", "version_id": info.id, "version": info.name}
         except retrain_job.RetrainError as exc:
-            job.error, job.status = str(exc), "failed"
+            outcome["error"] = str(exc)
         except Exception as exc:  # the old version keeps serving; record and log why
-            log.exception("retrain job %s failed", job.job_id)
-            job.error, job.status = f"{type(exc).__name__}: {exc}", "failed"
+            log.exception("retrain job %s failed", job_id)
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            job.finished_at = time.time()
-            with self._lock:
-                self._running = None
+            done.set()
+            beater.join(timeout=60)
+            self._finish(job_id, outcome)
+
+    def _beat(self, job_id: str, done: threading.Event) -> None:
+        while not done.wait(self.heartbeat_s):
+            try:
+                self.jobs.heartbeat(job_id)
+            except Exception as exc:  # the next beat retries; the job itself goes on
+                log.warning("heartbeat of retrain job %s failed (%s); retrying in %.0fs",
+                            job_id, exc, self.heartbeat_s)
+
+    def _finish(self, job_id: str, outcome: dict[str, Any], attempts: int = 5) -> None:
+        """Record the outcome, retrying a failing database (1, 2, 4, 8 s apart)."""
+        for attempt in range(attempts):
+            try:
+                self.jobs.finish(job_id, **outcome)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    log.exception("could not record the outcome %s of retrain job %s; it will "
+                                  "read as failed (abandoned) once its heartbeat is stale",
+                                  outcome["status"], job_id)
+                    return
+                time.sleep(2.0 ** attempt)
+
+
+def _job_body(record: RetrainJobRecord) -> RetrainJob:
+    # "queued" is never written by the API (a claim starts the job at once): report it as
+    # running, the status of the contract's body that holds the slot
+    status = "running" if record.live else record.status
+    return RetrainJob(job_id=record.id, model=record.model, status=status,
+                      submitted_at=record.requested_at, finished_at=record.finished_at,
+                      version=record.version, error=record.error)
 
 
 # --------------------------------------------------------------------- app
@@ -395,8 +466,9 @@ def create_app(
     @app.get("/retrain/{job_id}", response_model=RetrainJob, tags=["versions"],
              responses={404: {"model": Error}})
     def retrain_status(job_id: str) -> RetrainJob:
-        """A retrain job's status and, once it succeeded, the version it activated."""
-        job = runner.jobs.get(job_id)
+        """A retrain job's status and, once it succeeded, the version it activated (any
+        worker process answers for a job started through another)."""
+        job = runner.get(job_id)
         if job is None:
             raise HTTPException(404, f"no retrain job {job_id!r}")
         return job
@@ -474,6 +546,14 @@ def _versions(embeddings: EmbeddingStore, refresher: Refresher) -> Versions:
     )
 
 
+WORKER_CONFIG_ENV = "STREAMREC_API_WORKER_CONFIG"  # serve() -> worker processes, JSON
+# Seconds uvicorn's supervisor waits for a worker's answer to its health ping before it kills
+# and replaces the worker (uvicorn >= 0.37; older ones wait 5 s). A spawned worker answers
+# only once its interpreter has started and imported the app (torch, FAISS): on a loaded
+# 2-core machine that took over 5 s, and the worker was killed and restarted while loading.
+WORKER_HEALTHCHECK_S = 60
+
+
 def serve(
     store_url: str,
     host: str = "127.0.0.1",
@@ -483,12 +563,58 @@ def serve(
     refresh_interval_s: float = 2.0,
     log_level: str = "info",
     access_log: bool = True,
+    workers: int = 1,
 ) -> None:
-    """Run the API with uvicorn until interrupted (what ``streamrec serve`` calls)."""
+    """Run the API with uvicorn until interrupted (what ``streamrec serve`` calls).
+
+    Args:
+        store_url: SQLAlchemy URL of the store.
+        host, port: where to listen.
+        retrain_token: bearer token of ``POST /retrain`` (None: retrain over HTTP is off).
+        refresh_interval_s: seconds between each process's checks for a new version, overlay
+            rows or events.
+        log_level, access_log: of uvicorn.
+        workers: server processes (default 1). With more, uvicorn's supervisor runs
+            :func:`worker_app` in each (the configuration travels in the environment
+            variable ``STREAMREC_API_WORKER_CONFIG``); every worker loads the active version
+            and builds its own ANN index, so memory and start-up time grow with ``workers``,
+            and ``/metrics`` describes the worker that answers it. Retrain jobs are shared
+            through the store (one at a time across all workers).
+    """
+    import inspect
+
     import uvicorn
 
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and store_url.startswith("sqlite") and (
+            ":///" not in store_url or store_url.endswith(":memory:")):
+        raise ValueError("an in-memory SQLite store cannot be shared by several worker "
+                         "processes: use a SQLite file or PostgreSQL, or workers=1")
+    # create every table here, once: N workers creating them at the same time would race
     graph = GraphStore(store_url)
     embeddings = EmbeddingStore(graph.engine)
+    RetrainJobStore(graph.engine)
+    if workers > 1:
+        graph.engine.dispose()
+        config = {"store_url": store_url, "retrain_token": retrain_token,
+                  "refresh_interval_s": refresh_interval_s,
+                  "logging_level": logging.getLogger().getEffectiveLevel()}
+        supervisor: dict[str, Any] = {}
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+            supervisor["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_S
+        previous = os.environ.get(WORKER_CONFIG_ENV)
+        os.environ[WORKER_CONFIG_ENV] = json.dumps(config)  # spawned workers inherit it
+        try:
+            uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host,
+                        port=port, log_level=log_level.lower(), access_log=access_log,
+                        **supervisor)
+        finally:
+            if previous is None:
+                os.environ.pop(WORKER_CONFIG_ENV, None)
+            else:
+                os.environ[WORKER_CONFIG_ENV] = previous
+        return
     app = create_app(graph, embeddings, retrain_token=retrain_token,
                      refresh_interval_s=refresh_interval_s)
     try:
@@ -496,6 +622,26 @@ def serve(
                     access_log=access_log)
     finally:
         graph.engine.dispose()
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of ``serve(..., workers=N)`` (uvicorn's app factory).
+
+    Reads the configuration :func:`serve` put in ``STREAMREC_API_WORKER_CONFIG`` and builds
+    its own stores, query service and refresher.
+    """
+    raw = os.environ.get(WORKER_CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(f"{WORKER_CONFIG_ENV} is not set: worker_app is started by "
+                           "streamrec.api.serve(..., workers=N) (`streamrec serve --workers N`)")
+    config = json.loads(raw)
+    if not logging.getLogger().handlers:  # a spawned process starts without the CLI's logging
+        logging.basicConfig(level=config["logging_level"],
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    graph = GraphStore(config["store_url"])
+    return create_app(graph, EmbeddingStore(graph.engine),
+                      retrain_token=config["retrain_token"],
+                      refresh_interval_s=config["refresh_interval_s"])
 
 
 __all__ = ["Refresher", "RetrainRunner", "create_app", "serve"]

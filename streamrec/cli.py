@@ -25,15 +25,15 @@ console = Console(stderr=True)
 
 StoreOpt = Annotated[
     str | None,
-    typer.Option("--store", help="SQLAlchemy URL of the store [env STREAMREC_STORE; "
-                  "default sqlite:///./var/streamrec.db]"),
+    typer.Option("--store", help="SQLAlchemy URL of the store (env STREAMREC_STORE; "
+                  "default sqlite:///./var/streamrec.db)"),
 ]
 BootstrapOpt = Annotated[
     str | None,
-    typer.Option("--bootstrap", help="Kafka HOST:PORT [env STREAMREC_BOOTSTRAP]"),
+    typer.Option("--bootstrap", help="Kafka HOST:PORT (env STREAMREC_BOOTSTRAP)"),
 ]
 TopicOpt = Annotated[
-    str | None, typer.Option("--topic", help="Kafka topic [env STREAMREC_TOPIC; default events]")
+    str | None, typer.Option("--topic", help="Kafka topic (env STREAMREC_TOPIC; default events)")
 ]
 
 
@@ -111,7 +111,7 @@ def produce(
         float | None, typer.Option(help="send at most this many events per second")
     ] = None,
     partitions: Annotated[
-        int | None, typer.Option(help="partitions if the topic must be created [default 4]")
+        int | None, typer.Option(help="partitions if the topic must be created (default 4)")
     ] = None,
     user_col: Annotated[str, typer.Option(help="csv/jsonl column of the user id")] = "user_id",
     item_col: Annotated[str, typer.Option(help="csv/jsonl column of the item id")] = "item_id",
@@ -166,7 +166,7 @@ def produce(
 def ingest(
     topic: TopicOpt = None,
     group: Annotated[
-        str | None, typer.Option(help="consumer group [env STREAMREC_GROUP]")
+        str | None, typer.Option(help="consumer group (env STREAMREC_GROUP)")
     ] = None,
     max_events: Annotated[
         int | None, typer.Option(help="exit after consuming this many messages")
@@ -175,7 +175,7 @@ def ingest(
         float | None, typer.Option(help="exit after this many seconds without a message")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="records per transaction [default 2000]")
+        int | None, typer.Option(help="records per transaction (default 2000)")
     ] = None,
     update: Annotated[
         bool, typer.Option("--update/--no-update", help="run the incremental updater on each "
@@ -184,7 +184,7 @@ def ingest(
     drift_retrain: Annotated[
         bool, typer.Option("--drift-retrain/--no-drift-retrain", help="watch the prequential "
                            "hit-rate@20 with ADWIN and ask `streamrec schedule` for an early "
-                           "retrain on a drop [env STREAMREC_DRIFT_RETRAIN; default off]")
+                           "retrain on a drop (env STREAMREC_DRIFT_RETRAIN; default off)")
     ] = False,
     drift_model: Annotated[
         str, typer.Option(help="model of a drift-triggered retrain")
@@ -192,7 +192,7 @@ def ingest(
     metrics_port: Annotated[
         int | None, typer.Option(help="serve Prometheus metrics (consumer lag, event counts, "
                                  "update latency) at http://0.0.0.0:PORT/metrics; 0: off "
-                                 "[env STREAMREC_METRICS_PORT; default off]")
+                                 "(env STREAMREC_METRICS_PORT; default off)")
     ] = None,
     store: StoreOpt = None,
     bootstrap: BootstrapOpt = None,
@@ -527,14 +527,23 @@ def evaluate(
 def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="server processes; each loads the active version and its ANN index "
+        "(env STREAMREC_API_WORKERS; default 1)")] = None,
     store: StoreOpt = None,
 ) -> None:
     """HTTP API over the same queries (FastAPI; OpenAPI at /docs), plus /versions, /metrics,
-    /healthz and POST /retrain (bearer token from STREAMREC_RETRAIN_TOKEN)."""
+    /healthz and POST /retrain (bearer token from STREAMREC_RETRAIN_TOKEN; one retrain at a
+    time across all worker processes, jobs visible from any of them)."""
     from streamrec.api import serve as run_server
 
-    settings = _settings(store=store)
-    run_server(settings.store, host=host, port=port, retrain_token=settings.retrain_token)
+    settings = _settings(store=store, api_workers=workers)
+    try:
+        run_server(settings.store, host=host, port=port, retrain_token=settings.retrain_token,
+                   workers=settings.api_workers)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     retrain_token: str | None = Field(
         None, description="bearer token that authorises POST /retrain of the HTTP API"
     )
+    api_workers: int = Field(
+        1, ge=1, description="server processes of `serve` (each loads the active version and "
+        "its ANN index; retrain jobs are shared through the store)",
+    )
     drift_retrain: bool = Field(
         False, description="ingest watches hit-rate drift and requests early retrains"
     )

@@ -278,14 +278,24 @@ def test_lazy_refresh_without_lifespan(tmp_path) -> None:
     graph.engine.dispose()
 
 
-def test_overlay_reloads_are_spaced_but_versions_are_not(stores) -> None:
+def test_overlay_applies_at_once_rebuilds_are_spaced_versions_are_not(stores) -> None:
     graph, embeddings = stores
-    refresher = create_app(graph, embeddings, ann_backend="numpy").state.refresher
+    app = create_app(graph, embeddings, ann_backend="numpy")
+    refresher, service = app.state.refresher, app.state.service
     assert refresher.check() is True and refresher.check() is False  # nothing moved
-    refresher.reload_s = 100.0  # pretend a reload is expensive: overlay-only changes wait
+    refresher.reload_s = 100.0  # pretend a full reload is expensive
+    before = service.served.index
     embeddings.write_overlay(1, "user", np.array([0]), np.ones((1, 8)), time.time())
-    assert refresher.check() is False and refresher.served.name == "v1"
-    assert refresher.overlay_size == 1
+    assert refresher.check() is True and refresher.served.name == "v1"
+    assert refresher.overlay_size == 1 and service.served.index is before  # no rebuild
+    assert (service.served.snapshot.users[0] == 1.0).all()  # the overlay row is served
+    # many updated items: a rebuild is due, but waits for the duty cycle
+    items = np.arange(len(service.served.item_ids))
+    embeddings.write_overlay(1, "item", items, np.ones((len(items), 8)), time.time())
+    assert refresher.check() is True and service.index_fresh_share == 1.0
+    assert refresher.check() is False and service.served.index.fresh_share == 1.0
+    refresher.reload_s = 0.0
+    assert refresher.check() is True and service.index_fresh_share == 0.0  # rebuilt
     assert _retrain(graph, embeddings, "popularity") == "v2"
     assert refresher.check() is True and refresher.served.name == "v2"
 
