@@ -213,6 +213,13 @@ class IncrementalUpdater:
         np.maximum.at(latest, local, t)
         at = np.maximum(latest, self._last[side][idx])  # never backwards
         nbr, nbr_ts, nbr_w, mask = self.buffer.recent(side, idx)
+        if self.updater.attend == "batch":
+            # read the batch's own neighbours (they are all buffered: the N most recent from
+            # the node's earliest event in the batch on); a node without a state reads all
+            earliest = np.full(len(idx), np.inf)
+            np.minimum.at(earliest, local, t)
+            known = self._known[side][idx]
+            mask = mask & (~known[:, None] | (nbr_ts >= earliest[:, None]))
         dev = self.device
         x: dict[str, object] = dict(
             idx=idx, at=at, rows=torch.from_numpy(idx).to(dev),

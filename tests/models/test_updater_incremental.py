@@ -101,11 +101,14 @@ def test_time_never_runs_backwards() -> None:
     assert inc.last_update("user", [7]).tolist() == [3.0e6]
     nbr, ts, weight, mask = inc.buffer.recent("user", [7])
     assert np.all(np.diff(ts[mask]) >= 0) and 2.5e6 in ts[mask] and ts[mask][-1] == 3.0e6
+    assert inc.updater.attend == "batch"  # the update reads the batch's neighbours:
+    batch_mask = mask & (ts >= 2.5e6)  # those from the node's earliest batch event on
     with torch.no_grad():  # the same state, recomputed by hand as of t = 3.0e6
         expected = inc.scale * inc.updater.step(
             0, "user", user_before[None] / inc.scale,
             items_before[torch.from_numpy(nbr)] / inc.scale,
-            torch.from_numpy(3.0e6 - ts), torch.from_numpy(weight), torch.from_numpy(mask),
+            torch.from_numpy(3.0e6 - ts), torch.from_numpy(weight),
+            torch.from_numpy(batch_mask),
             torch.tensor([degree_before]), torch.tensor([1]),
         )
     np.testing.assert_allclose(res.user_vectors[0], expected[0].numpy(), rtol=1e-5, atol=1e-6)
