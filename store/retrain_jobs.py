@@ -8,11 +8,11 @@ claim is one ``BEGIN IMMEDIATE`` write transaction, on PostgreSQL it holds a tra
 advisory lock. So several API worker processes (or hosts) start at most one retrain at a time.
 
 A job that nobody finishes must not block retrains forever. The process running a job beats
-its ``heartbeat_at`` (every 10 s in :class:`streamrec.api.RetrainRunner`); a ``queued`` or
-``running`` job is *abandoned* when its heartbeat is older than ``stale_after_s`` (default
-120 s), or at once when it runs on this host and its pid is gone. Reads report an abandoned
-job as ``failed`` (with the reason); the next claim writes that outcome. Times are epoch
-seconds (float).
+its ``heartbeat_at`` (every 10 s in :class:`streamrec.retrain_runner.RetrainRunner`); a
+``queued`` or ``running`` job is *abandoned* when its heartbeat is older than
+``stale_after_s`` (default 120 s), or at once when it runs on this host and its pid is gone.
+Reads report an abandoned job as ``failed`` (with the reason); the next claim writes that
+outcome. Times are epoch seconds (float).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The HTTP API: the query commands, version status, retrain trigger and metrics over FastAPI.
 
 :func:`create_app` wires a :class:`~streamrec.queries.QueryService` (bodies as in
-../shared/DESIGN.md), a background :class:`Refresher` that reloads it when a new version is
-activated or overlay rows / events arrive, and a one-at-a-time :class:`RetrainRunner`.
+../shared/DESIGN.md, models in :mod:`streamrec.api_bodies`), a background
+:class:`~streamrec.refresher.Refresher` that keeps it on the active version and its overlay,
+and a one-at-a-time :class:`~streamrec.retrain_runner.RetrainRunner`.
 :func:`serve` runs it with uvicorn (``streamrec serve``).
 """
 
@@ -13,324 +14,40 @@ import json
 import logging
 import math
 import os
-import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
 
-from store.embedding_schema import NoActiveVersionError, VersionInfo
+from store.embedding_schema import NoActiveVersionError
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
-from store.retrain_jobs import RetrainJobBusy, RetrainJobRecord, RetrainJobStore
+from store.retrain_jobs import RetrainJobStore
 from streamrec import retrain as retrain_job
+from streamrec.api_bodies import (  # noqa: F401  (re-exported: the API's bodies)
+    NO_VERSION,
+    Embedding,
+    Error,
+    Freshness,
+    Health,
+    Recommendations,
+    RetrainJob,
+    RetrainRequest,
+    ScoredItem,
+    SimilarItems,
+    Version,
+    Versions,
+)
 from streamrec.metrics import Metrics
 from streamrec.queries import QueryService, UnknownItem, UnknownUser
+from streamrec.refresher import Refresher
+from streamrec.retrain_runner import RetrainBusy, RetrainRunner
 
 log = logging.getLogger(__name__)
 
-NO_VERSION = "no embedding version is active yet: run `streamrec retrain` (or POST /retrain)"
-
-
-# ------------------------------------------------------------------ bodies
-class ScoredItem(BaseModel):
-    item_id: str
-    score: float
-
-
-class Recommendations(BaseModel):
-    user_id: str
-    items: list[ScoredItem]
-    fallback: bool = Field(description="true: unknown user, recent popularity instead")
-    version: str
-
-
-class SimilarItems(BaseModel):
-    item_id: str
-    items: list[ScoredItem] = Field(description="nearest items, never the item itself")
-
-
-class Embedding(BaseModel):
-    id: str
-    kind: Literal["user", "item"]
-    vector: list[float]
-    version: str
-    source: Literal["base", "overlay"] = Field(
-        description="overlay: refreshed by the incremental updater since the base version")
-    updated_at: float = Field(description="epoch seconds of the vector's newest event")
-    source: Literal["base", "overlay"]
-    updated_at: float = Field(description="epoch seconds")
-
-
-class Version(BaseModel):
-    id: int
-    name: str
-    model: str
-    status: str
-    cutoff: float
-    dim: int
-    num_users: int
-    num_items: int
-    created_at: float
-    activated_at: float | None
-    pruned: bool
-    hyper_parameters: dict[str, Any]
-    metrics: dict[str, Any]
-    has_updater_state: bool
-
-
-class Freshness(BaseModel):
-    newest_overlay_at: float | None = Field(description="epoch s of the newest overlay row")
-    overlay_age_s: float | None = Field(description="now - newest_overlay_at")
-    active_version_age_s: float | None = Field(description="now - activation time")
-    cutoff_age_s: float | None = Field(description="now - the active version's cutoff")
-
-
-class Versions(BaseModel):
-    active: str | None
-    served: str | None = Field(description="the version the API answers from right now")
-    overlay_size: int
-    freshness: Freshness
-    versions: list[Version]
-
-
-class RetrainRequest(BaseModel):
-    model: str = Field(description="lightgcn, pinsage, mf or popularity")
-    epochs: int | None = Field(None, ge=1, le=10_000)
-    dim: int | None = Field(None, ge=1, le=4096)
-    cutoff: float | str | None = Field(None, description="epoch seconds or ISO-8601")
-
-
-class RetrainJob(BaseModel):
-    job_id: str
-    model: str
-    status: Literal["running", "succeeded", "failed"]
-    submitted_at: float
-    finished_at: float | None = None
-    version: str | None = None
-    error: str | None = None
-
-
-class Health(BaseModel):
-    status: Literal["ok", "no_active_version"]
-    served: str | None
-
-
-class Error(BaseModel):
-    detail: str
-
-
-# ---------------------------------------------------------------- refresher
-@dataclass
-class Refresher:
-    """Keeps ``service`` on the active version, its overlay and the events.
-
-    :meth:`check` is cheap when nothing changed (a few small reads). Overlay rows, new
-    users/items and events of the served version are applied in place
-    (:meth:`QueryService.refresh_overlay`: milliseconds, no index rebuild). A full reload
-    builds the new snapshot and index aside and swaps it in, so requests never wait for it:
-    at once for a new active version, and when the share of items the index scores from
-    updated vectors passes ``max_fresh_share`` (each of them costs every query a dot
-    product), spaced so reloads take at most ``max_duty`` of the time (one costs seconds at
-    100k items).
-    """
-
-    service: QueryService
-    interval_s: float = 2.0
-    metrics: Metrics | None = None
-    active: VersionInfo | None = None
-    served: VersionInfo | None = None
-    newest_overlay: float | None = None
-    overlay_size: int = 0
-    last_check: float = 0.0
-    max_duty: float = 0.2
-    max_fresh_share: float = 0.05
-    reload_s: float = 0.0
-    _reloaded_at: float = -math.inf
-    _signature: tuple[Any, ...] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def check(self, *, force: bool = False) -> bool:
-        """Refresh if anything moved (or ``force``); returns whether the served data changed."""
-        with self._lock:
-            self.last_check = time.monotonic()
-            embeddings, graph = self.service.embeddings, self.service.graph
-            active = embeddings.active_version()
-            self.active = active
-            if active is None:
-                return False
-            self.overlay_size = embeddings.overlay_size(active.id)
-            if self.metrics is not None:
-                self.metrics.api.overlay_size.set(self.overlay_size)
-            signature = (active.id, active.activated_at, embeddings.overlay_newest(active.id),
-                         self.overlay_size, graph.last_event_time())
-            same_version = self._signature is not None and self._signature[:2] == signature[:2]
-            if not force and signature == self._signature and not self._rebuild_due():
-                return False
-            if not force and same_version and not self._rebuild_due():
-                if self.service.refresh_overlay():
-                    self._signature = signature
-                    self.newest_overlay = self.service.served.watermark
-                    return True
-            elif not force and same_version:
-                gap = self.reload_s * (1.0 / self.max_duty - 1.0)
-                if time.monotonic() - self._reloaded_at < gap:
-                    return False  # the rebuild waits, keeping the duty cycle
-            started = time.perf_counter()
-            self.service.refresh()
-            self.reload_s = time.perf_counter() - started
-            self._reloaded_at = time.monotonic()
-            served = self.service.served
-            self.served, self.newest_overlay = served.snapshot.version, served.watermark
-            self._signature = signature
-            if self.metrics is not None:
-                self.metrics.api.refresh_seconds.observe(self.reload_s)
-            log.info("serving %s (%d overlay rows) after a %.2fs reload", self.served.name,
-                     self.overlay_size, self.reload_s)
-            return True
-
-    def _rebuild_due(self) -> bool:
-        return self.service.index_fresh_share > self.max_fresh_share
-
-    def check_quietly(self) -> None:
-        try:
-            self.check()
-        except Exception:  # keep serving the previous snapshot; say why
-            log.exception("refreshing the served embeddings failed; the old snapshot stays")
-
-    def maybe_check(self) -> None:
-        """Lazy refresh on the request path, only when no background thread runs."""
-        if self._thread is None and time.monotonic() - self.last_check > self.interval_s:
-            self.check_quietly()
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="streamrec-refresh", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.check_quietly()
-
-    def stop(self) -> None:
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        if thread is not None:
-            thread.join(timeout=30)
-
-
-# ----------------------------------------------------------------- retrains
-class RetrainBusy(RuntimeError):
-    """A retrain is already running (in this process or another one on the same store)."""
-
-
-class RetrainRunner:
-    """Runs one retrain at a time across every API process on the store; keeps the outcomes.
-
-    Each job is a row of ``retrain_jobs`` (:class:`~store.retrain_jobs.RetrainJobStore`), so
-    any worker process answers ``GET /retrain/{job_id}``, and :meth:`submit` claims the single
-    retrain slot atomically in the store, so two workers never train at once. The job runs in
-    a daemon thread of the process that accepted it, which beats the row's heartbeat every
-    ``heartbeat_s`` seconds; a job whose process died reads as ``failed`` once its heartbeat
-    is older than the store's ``stale_after_s`` (at once when the pid is gone on this host),
-    and then no longer blocks new jobs.
-
-    Args:
-        graph, embeddings: the stores the retrain reads and publishes to.
-        on_success: called after a job's version is activated and before the job reports
-            success (the API reloads its served snapshot; other workers pick the new version
-            up at their next refresh check).
-        jobs: the job records (default: a :class:`RetrainJobStore` on ``graph.engine``).
-        heartbeat_s: seconds between heartbeats of a running job (default 10).
-    """
-
-    def __init__(self, graph: GraphStore, embeddings: EmbeddingStore,
-                 on_success: Callable[[], None], *, jobs: RetrainJobStore | None = None,
-                 heartbeat_s: float = 10.0) -> None:
-        self.graph, self.embeddings, self.on_success = graph, embeddings, on_success
-        self.jobs = jobs if jobs is not None else RetrainJobStore(graph.engine)
-        if not 0 < heartbeat_s < self.jobs.stale_after_s / 2:
-            raise ValueError(f"heartbeat_s must be in (0, stale_after_s / 2 = "
-                             f"{self.jobs.stale_after_s / 2}), got {heartbeat_s}")
-        self.heartbeat_s = heartbeat_s
-
-    def submit(self, plan: retrain_job.RetrainPlan) -> RetrainJob:
-        """Start ``plan`` in the background. Raises RetrainBusy, RetrainError (bad model)."""
-        plan.model_kwargs()  # an unknown model fails here, before the 202
-        parameters = {"epochs": plan.epochs, "dim": plan.dim, "cutoff": plan.cutoff}
-        try:
-            record = self.jobs.claim(uuid.uuid4().hex[:12], plan.model, parameters)
-        except RetrainJobBusy as exc:
-            raise RetrainBusy(str(exc)) from None
-        threading.Thread(target=self._run, args=(record.id, plan), name=f"retrain-{record.id}",
-                         daemon=True).start()
-        return _job_body(record)
-
-    def get(self, job_id: str) -> RetrainJob | None:
-        """A job's current body, whichever process runs it; None for an unknown id."""
-        record = self.jobs.get(job_id)
-        return None if record is None else _job_body(record)
-
-    def _run(self, job_id: str, plan: retrain_job.RetrainPlan) -> None:
-        done = threading.Event()
-        beater = threading.Thread(target=self._beat, args=(job_id, done),
-                                  name=f"retrain-{job_id}-heartbeat", daemon=True)
-        beater.start()
-        outcome: dict[str, Any] = {"status": "failed"}
-        try:
-            info = retrain_job.retrain(self.graph, self.embeddings, plan)
-            self.on_success()  # serve it before the job reports success
-            outcome = {"status": "succeeded", "version_id": info.id, "version": info.name}
-        except retrain_job.RetrainError as exc:
-            outcome["error"] = str(exc)
-        except Exception as exc:  # the old version keeps serving; record and log why
-            log.exception("retrain job %s failed", job_id)
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            done.set()
-            beater.join(timeout=60)
-            self._finish(job_id, outcome)
-
-    def _beat(self, job_id: str, done: threading.Event) -> None:
-        while not done.wait(self.heartbeat_s):
-            try:
-                self.jobs.heartbeat(job_id)
-            except Exception as exc:  # the next beat retries; the job itself goes on
-                log.warning("heartbeat of retrain job %s failed (%s); retrying in %.0fs",
-                            job_id, exc, self.heartbeat_s)
-
-    def _finish(self, job_id: str, outcome: dict[str, Any], attempts: int = 5) -> None:
-        """Record the outcome, retrying a failing database (1, 2, 4, 8 s apart)."""
-        for attempt in range(attempts):
-            try:
-                self.jobs.finish(job_id, **outcome)
-                return
-            except Exception:
-                if attempt == attempts - 1:
-                    log.exception("could not record the outcome %s of retrain job %s; it will "
-                                  "read as failed (abandoned) once its heartbeat is stale",
-                                  outcome["status"], job_id)
-                    return
-                time.sleep(2.0 ** attempt)
-
-
-def _job_body(record: RetrainJobRecord) -> RetrainJob:
-    # "queued" is never written by the API (a claim starts the job at once): report it as
-    # running, the status of the contract's body that holds the slot
-    status = "running" if record.live else record.status
-    return RetrainJob(job_id=record.id, model=record.model, status=status,
-                      submitted_at=record.requested_at, finished_at=record.finished_at,
-                      version=record.version, error=record.error)
 
 
 # --------------------------------------------------------------------- app
@@ -644,4 +361,4 @@ def worker_app() -> FastAPI:
                       refresh_interval_s=config["refresh_interval_s"])
 
 
-__all__ = ["Refresher", "RetrainRunner", "create_app", "serve"]
+__all__ = ["Refresher", "RetrainRunner", "create_app", "serve", "worker_app"]
