@@ -10,6 +10,7 @@ shapes are those of ../shared/DESIGN.md and are shared by the CLI and the HTTP A
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,7 @@ class _Served:
     popular: np.ndarray  # item idx, most popular in the recent window first
     popular_counts: np.ndarray
     watermark: float | None  # newest overlay updated_at applied (epoch s)
+    popular_at: float  # time.monotonic() of the popularity count
 
 
 class QueryService:
@@ -54,6 +56,8 @@ class QueryService:
         embeddings: the embedding store.
         popular_window_s: window of the popularity fallback, seconds before the newest
             event (default 7 days).
+        popular_refresh_s: :meth:`refresh_overlay` recounts the popularity fallback at most
+            this often (default 60 s): the count scans every event of the window.
         ann_backend: ``"faiss"`` (default) or ``"numpy"``.
     """
 
@@ -63,11 +67,13 @@ class QueryService:
         embeddings: EmbeddingStore,
         *,
         popular_window_s: float = DEFAULT_POPULAR_WINDOW_S,
+        popular_refresh_s: float = 60.0,
         ann_backend: str = "faiss",
     ) -> None:
         self.graph = graph
         self.embeddings = embeddings
         self.popular_window_s = popular_window_s
+        self.popular_refresh_s = popular_refresh_s
         self.ann_backend = ann_backend
         self._served: _Served | None = None
         self._lock = threading.Lock()
@@ -88,7 +94,7 @@ class QueryService:
         served = _Served(
             snapshot, index, rows, row_of_item, user_ids, item_ids,
             {u: i for i, u in enumerate(user_ids)}, {t: i for i, t in enumerate(item_ids)},
-            popular, counts, snapshot.watermark,
+            popular, counts, snapshot.watermark, time.monotonic(),
         )
         with self._lock:
             self._served = served
@@ -125,7 +131,12 @@ class QueryService:
             index = index.updated(row_of_item[items], snapshot.items[items])
         user_ids = served.user_ids + self.graph.node_ids("user", start=len(served.user_ids))
         item_ids = served.item_ids + self.graph.node_ids("item", start=len(served.item_ids))
-        popular, counts = self._recent_popularity(len(item_ids))
+        popular, counts, popular_at = served.popular, served.popular_counts, served.popular_at
+        if time.monotonic() - popular_at >= self.popular_refresh_s:
+            popular, counts = self._recent_popularity(len(item_ids))
+            popular_at = time.monotonic()
+        elif len(counts) < len(item_ids):  # new items: no recent count yet
+            counts = np.pad(counts, (0, len(item_ids) - len(counts)))
         user_index, item_index = served.user_index, served.item_index
         if len(user_ids) > len(served.user_ids):
             user_index = {**user_index, **{u: i for i, u in enumerate(user_ids)
@@ -141,7 +152,7 @@ class QueryService:
             newest = float(delta.updated_at.max())
             watermark = newest if watermark is None else max(watermark, newest)
         refreshed = _Served(snapshot, index, item_rows, row_of_item, user_ids, item_ids,
-                            user_index, item_index, popular, counts, watermark)
+                            user_index, item_index, popular, counts, watermark, popular_at)
         with self._lock:
             self._served = refreshed
         return True

@@ -82,3 +82,17 @@ def test_refresh_overlay_defers_a_new_version_to_refresh(stores) -> None:  # typ
     assert not service.refresh_overlay()
     service.refresh()
     assert service.version == f"v{newer}"
+
+
+def test_refresh_overlay_recounts_popularity_at_its_own_pace(stores) -> None:  # type: ignore[no-untyped-def]
+    graph, embeddings, _ = stores
+    lazy = QueryService(graph, embeddings, popular_refresh_s=3600)
+    eager = QueryService(graph, embeddings, popular_refresh_s=0)
+    lazy.refresh()
+    eager.refresh()
+    before = lazy.recommend("stranger", k=3)["items"]
+    # a burst on one item makes it the most popular of the window
+    graph.write_batch([Event.create(f"u{u}", "i59", T0 + 3e5 + u) for u in range(40)])
+    assert lazy.refresh_overlay() and eager.refresh_overlay()
+    assert lazy.recommend("stranger", k=3)["items"] == before  # counted an hour ago
+    assert eager.recommend("stranger", k=3)["items"][0]["item_id"] == "i59"
