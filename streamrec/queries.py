@@ -102,7 +102,7 @@ class QueryService:
     def refresh_overlay(self, *, margin_s: float = DEFAULT_OVERLAY_MARGIN_S) -> bool:
         """Apply the overlay rows written since the served snapshot, without reloading the
         version or rebuilding the item index (see :meth:`ItemIndex.updated`); also picks up
-        new users and items and the recent popularity.
+        new users and items and, at most every ``popular_refresh_s``, the recent popularity.
 
         Rows are read by ``updated_at`` (event time) from the newest one served minus
         ``margin_s`` (default 30 s), so a row committed late by a slower partition's writer
