@@ -17,6 +17,7 @@ answers the scrape). Clients and server share the machine.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import multiprocessing
 import os
@@ -94,6 +95,49 @@ def run_load(base: str, users: list[str], k: int, concurrency: int) -> tuple[lis
     return [x for lat, _ in results for x in lat], elapsed
 
 
+async def _async_clients(
+    base: str, chunks: list[list[str]], k: int
+) -> tuple[list[list[float]], list[str]]:
+    host, port = base.removeprefix("http://").split(":")
+    errors: list[str] = []
+
+    async def client(users: list[str]) -> list[float]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        latencies = []
+        for user in users:
+            request = (f"GET /users/{user}/recommendations?k={k} HTTP/1.1\r\n"
+                       f"Host: {host}\r\n\r\n").encode()
+            t = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            body = await reader.readexactly(length)
+            latencies.append((time.perf_counter() - t) * 1000)
+            status = int(head.split(b" ", 2)[1])
+            if status != 200 and len(errors) < 5:
+                errors.append(f"{status}: {body[:200]!r}")
+        writer.close()
+        return latencies
+
+    results = await asyncio.gather(*(client(chunk) for chunk in chunks))
+    return list(results), errors
+
+
+def run_load_async(
+    base: str, users: list[str], k: int, concurrency: int
+) -> tuple[list[float], float]:
+    """``concurrency`` keep-alive connections driven by one asyncio process (like wrk: the
+    load generator itself costs the shared cores little)."""
+    chunks = [users[i::concurrency] for i in range(concurrency)]
+    started = time.perf_counter()
+    results, errors = asyncio.run(_async_clients(base, chunks, k))
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise SystemExit(f"requests failed: {errors[:5]}")
+    return [x for lat in results for x in lat], elapsed
+
+
 def server_quantiles(base: str, endpoint: str = "recommendations") -> dict[float, float]:
     """p50/p99 upper bounds (ms) from the server's query latency histogram buckets."""
     buckets: list[tuple[float, float]] = []
@@ -115,7 +159,10 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--events-per-user", type=int, default=20)
     ap.add_argument("--requests", type=int, default=4000)
-    ap.add_argument("--concurrency", default="1,8", help="comma-separated client thread counts")
+    ap.add_argument("--concurrency", default="1,8", help="comma-separated concurrent clients")
+    ap.add_argument("--client", default="asyncio", choices=["asyncio", "processes"],
+                    help="load generator: keep-alive connections from one asyncio process, "
+                         "or one http.client process per client")
     ap.add_argument("--workers", default="2",
                     help="comma-separated server worker process counts, e.g. 1,2 to compare")
     ap.add_argument("--k", type=int, default=10)
@@ -138,10 +185,11 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             try:
                 warm = [f"u{u}" for u in rng.integers(1, args.users, 200)]
-                run_load(base, warm, args.k, 2)
+                load = run_load_async if args.client == "asyncio" else run_load
+                load(base, warm, args.k, 2)
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
                     users = [f"u{u}" for u in rng.integers(1, args.users, args.requests)]
-                    lat, elapsed = run_load(base, users, args.k, concurrency)
+                    lat, elapsed = load(base, users, args.k, concurrency)
                     p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
                     print(f"recommend k={args.k}, {args.items:,} items, {workers} worker(s), "
                           f"{concurrency} clients: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
