@@ -190,3 +190,22 @@ def test_new_node_vectors_start_at_zero_and_time_encoding_spans_decades() -> Non
     assert m.initial_state("user", 2).abs().sum() == 0
     w = m.attention[0]["user"].time_encoding.w
     assert math.isclose(float(w[0]), 1.0) and math.isclose(float(w[-1]), 1e-9, rel_tol=1e-5)
+
+
+def test_item_degree_growth_scales_updated_items_only() -> None:
+    plain = TemporalUpdater(6, time_dim=4, item_degree_exponent=0.0)
+    grown = TemporalUpdater(6, time_dim=4, item_degree_exponent=1.0)
+    grown.load_state_dict(plain.state_dict())  # the same weights; only the exponent differs
+    b, n = 3, 5
+    gen = torch.Generator().manual_seed(0)
+    args = (torch.randn(b, 6, generator=gen), torch.randn(b, n, 6, generator=gen),
+            torch.rand(b, n, generator=gen) * 100, torch.ones(b, n),
+            torch.ones(b, n, dtype=torch.bool))
+    deg_old, deg_new = torch.tensor([4, 0, 1]), torch.tensor([4, 3, 1])
+    for side, expected in (("item", [2.0, 1.0, 2.0]), ("user", [1.0, 1.0, 1.0])):
+        base = plain.step(0, side, *args, deg_old, deg_new)
+        out = grown.step(0, side, *args, deg_old, deg_new)
+        torch.testing.assert_close(out, base * torch.tensor(expected).unsqueeze(-1))
+    assert TemporalUpdater.from_bytes(grown.to_bytes()).item_degree_exponent == 1.0
+    with pytest.raises(ValueError, match="item_degree_exponent"):
+        TemporalUpdater(6, item_degree_exponent=-1.0)
