@@ -101,10 +101,11 @@ def create_app(
     }
 
     def answer(endpoint: str, fn: Callable[[], dict]) -> Response:
-        # Query endpoints are ``async def`` and return ready JSON bytes: measured at 100k
-        # items with 8 concurrent clients, the threadpool hop of a sync endpoint (8 threads
-        # contending for the GIL) and the response-model re-validation were most of the
-        # server's time per request; the body is built by QueryService to the same schema.
+        # Query endpoints are ``async def`` and return ready JSON bytes: with sync endpoints
+        # (8 threadpool threads contending for the GIL) and the response model re-validating
+        # each body, p99 at 100k items and 8 concurrent clients was twice as long
+        # (bench/api_load.py: 53 ms -> 24 ms on a loaded machine). QueryService builds the
+        # bodies to the models' schema; tests/streamrec/test_api.py checks they match.
         refresher.maybe_check()
         try:
             with metrics.api.time(endpoint):
