@@ -63,7 +63,8 @@ class TemporalUpdater(nn.Module):
             ``(degree now / degree at the base) ** beta``. Measured with
             bench/updater_cost.py (next-day Recall@20, days 26-28): without it the updater
             closed 38% of the stale -> retrain gap, with ``beta = 0.5`` 73% (``beta = 1``:
-            62%, below the stale base on one day); on days 22-24, with 0.5, 152%.
+            62%, below the stale base on one day); with 0.5 on days 22-24, 18-20 and 14-16:
+            152%, 32% and 44%, 74% pooled over the twelve days.
         dropout: attention dropout while training (default: ``0.0``).
         attend: which of a node's buffered neighbours the attention of an update reads:
             ``"batch"`` (default) its neighbours from the events being folded in (from the
