@@ -120,17 +120,19 @@ class QueryService:
         since = served.watermark - margin_s if served.watermark is not None else -np.inf
         delta = self.embeddings.overlay_since(active.id, since)
         snapshot = served.snapshot.copy().apply(delta) if len(delta.idx) else served.snapshot
-        index, item_rows, row_of_item = served.index, served.item_rows, served.row_of_item
+        new_users = self.graph.node_ids("user", start=len(served.user_ids))
+        new_items = self.graph.node_ids("item", start=len(served.item_ids))
+        user_ids, item_ids = served.user_ids + new_users, served.item_ids + new_items
         items = np.unique(delta.idx[delta.kind == "item"])
+        index, item_rows = served.index, served.item_rows
+        size = max(len(item_ids), int(items.max()) + 1 if len(items) else 0)
+        row_of_item = np.pad(served.row_of_item, (0, max(0, size - len(served.row_of_item))),
+                             constant_values=-1)  # a copy: the served one stays as it is
         if len(items):
-            row_of_item = np.pad(row_of_item, (0, max(0, int(items.max()) + 1 - len(row_of_item))),
-                                 constant_values=-1)
             new = items[row_of_item[items] < 0]  # first vector of these items: new index rows
             row_of_item[new] = len(item_rows) + np.arange(len(new))
             item_rows = np.concatenate([item_rows, new])
             index = index.updated(row_of_item[items], snapshot.items[items])
-        user_ids = served.user_ids + self.graph.node_ids("user", start=len(served.user_ids))
-        item_ids = served.item_ids + self.graph.node_ids("item", start=len(served.item_ids))
         popular, counts, popular_at = served.popular, served.popular_counts, served.popular_at
         if time.monotonic() - popular_at >= self.popular_refresh_s:
             popular, counts = self._recent_popularity(len(item_ids))
@@ -138,15 +140,12 @@ class QueryService:
         elif len(counts) < len(item_ids):  # new items: no recent count yet
             counts = np.pad(counts, (0, len(item_ids) - len(counts)))
         user_index, item_index = served.user_index, served.item_index
-        if len(user_ids) > len(served.user_ids):
-            user_index = {**user_index, **{u: i for i, u in enumerate(user_ids)
-                                           if i >= len(served.user_ids)}}
-        if len(item_ids) > len(served.item_ids):
-            item_index = {**item_index, **{t: i for i, t in enumerate(item_ids)
-                                           if i >= len(served.item_ids)}}
-        if len(row_of_item) < len(item_ids):
-            row_of_item = np.pad(row_of_item, (0, len(item_ids) - len(row_of_item)),
-                                 constant_values=-1)
+        if new_users:  # copy-on-write, so readers of the served maps never see them change
+            first = len(served.user_ids)
+            user_index = {**user_index, **{u: first + n for n, u in enumerate(new_users)}}
+        if new_items:
+            first = len(served.item_ids)
+            item_index = {**item_index, **{t: first + n for n, t in enumerate(new_items)}}
         watermark = served.watermark
         if len(delta.updated_at):
             newest = float(delta.updated_at.max())
