@@ -204,7 +204,7 @@ def ingest(
     """
     from store.embeddings import EmbeddingStore
     from store.engine import WalCheckpointer
-    from store.graph import GraphStore, WriteResult
+    from store.graph import GraphStore
     from stream.consumer import IngestLoop, make_consumer
     from stream.producer import EventProducer
 
@@ -256,15 +256,7 @@ def ingest(
         on_batch = chain(DriftHook(drift, service), update_hook)
         console.print("drift watch on: a hit-rate drop asks the scheduler for an early retrain")
     if metrics is not None:
-        ingest_metrics, update_first = metrics, on_batch
-
-        def count_batch(result: WriteResult) -> None:
-            """The update hook, then the batch's counts: a batch counts once updated."""
-            if update_first is not None:
-                update_first(result)
-            ingest_metrics.observe_write(result)
-
-        on_batch = count_batch
+        on_batch = metrics.counted(on_batch)
     loop = IngestLoop(
         consumer, graph,
         batch_size=settings.batch_size,

@@ -239,6 +239,19 @@ class IngestMetrics:
 
         return run
 
+    def counted(
+        self, hook: Callable[[WriteResult], object] | None = None
+    ) -> Callable[[WriteResult], None]:
+        """An ``on_batch`` hook that runs ``hook`` (the updater, maybe :meth:`timed`), then
+        counts the batch with :meth:`observe_write`: a batch counts once it is updated."""
+
+        def run(result: WriteResult) -> None:
+            if hook is not None:
+                hook(result)
+            self.observe_write(result)
+
+        return run
+
     def observe_update(self, seconds: float) -> None:
         self.update_latency.observe(seconds)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from store.embeddings import EmbeddingStore
 from store.engine import WalCheckpointer
-from store.graph import GraphStore, WriteResult
+from store.graph import GraphStore
 from stream.consumer import IngestLoop, IngestStats, make_consumer
 from streamrec.live import LiveUpdater
 from streamrec.metrics import Metrics
@@ -60,11 +60,7 @@ def run_all(settings: Settings, options: RunOptions) -> IngestStats:
         log.info("retrain scheduler: %s at %r", options.model, options.cron)
     live = LiveUpdater(graph, embeddings)
 
-    update = metrics.ingest.timed(live)
-
-    def on_batch(result: WriteResult) -> None:
-        update(result)
-        metrics.ingest.observe_write(result)  # a batch counts once it is updated
+    on_batch = metrics.ingest.counted(metrics.ingest.timed(live))
 
     consumer = make_consumer(settings.bootstrap, settings.topic, settings.group,
                              max_poll_interval_ms=settings.kafka_max_poll_interval_ms)
