@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 
 from models.base import InteractionGraph
 
@@ -45,3 +47,12 @@ def planted_graph(
 @pytest.fixture(scope="session")
 def planted() -> Planted:
     return planted_graph()
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the test, restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,8 +3,6 @@ devices, and fail-fast checks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -18,12 +16,8 @@ from tests.models.updater_data import drift_world, svd_base, topic_share
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: a second intra-op thread only adds contention on a loaded 2-core box
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def module(seed: int = 0, **kwargs: object) -> TemporalUpdater:

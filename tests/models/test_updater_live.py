@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -26,12 +24,8 @@ FAST = dict(holdout=0.5, num_batches=10, num_neighbours=10, lr=1e-2, patience=5,
             device="cpu", progress=False, time_dim=8, key_dim=16)
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: a second intra-op thread only adds contention on a loaded 2-core box
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,14 +12,8 @@ from models.temporal_attention import TemporalAttention
 from models.time_encoding import TimeEncoding
 from models.updater import TemporalUpdater, updater_from_bytes, updater_to_bytes
 
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    # Tiny tensors: a second intra-op thread only adds contention on a loaded 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: a second intra-op thread only adds contention on a loaded 2-core box
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:
