@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from fastapi.testclient import TestClient
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
 from stream.events import Event
-from streamrec import retrain as retrain_job
 from streamrec.api import create_app
 from streamrec.retrain import RetrainPlan, retrain
 
@@ -216,16 +214,8 @@ def test_retrain_runs_in_background(client: TestClient) -> None:
     assert client.get("/retrain/nope").status_code == 404
 
 
-def test_one_retrain_at_a_time(client: TestClient, monkeypatch) -> None:
-    release, started = threading.Event(), threading.Event()
-    real = retrain_job.retrain
-
-    def slow_retrain(*args, **kwargs):  # type: ignore[no-untyped-def]
-        started.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(retrain_job, "retrain", slow_retrain)
+def test_one_retrain_at_a_time(client: TestClient, gated_retrain) -> None:  # type: ignore[no-untyped-def]
+    release, started = gated_retrain
     auth = {"Authorization": f"Bearer {TOKEN}"}
     first = client.post("/retrain", json={"model": "popularity"}, headers=auth)
     assert first.status_code == 202 and started.wait(10)

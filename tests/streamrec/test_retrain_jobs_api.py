@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -15,7 +14,6 @@ from fastapi.testclient import TestClient
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
 from store.retrain_jobs import RetrainJobStore
-from streamrec import retrain as retrain_job
 from streamrec.api import create_app
 from tests.streamrec.test_api import TOKEN, _community_events, _retrain
 
@@ -46,17 +44,9 @@ def _wait(client: TestClient, job_id: str, timeout_s: float = 30.0) -> dict:
     return job
 
 
-def test_a_job_is_shared_by_every_worker(workers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_is_shared_by_every_worker(workers, gated_retrain) -> None:  # type: ignore[no-untyped-def]
     a, b = workers
-    release, started = threading.Event(), threading.Event()
-    real = retrain_job.retrain
-
-    def slow_retrain(*args, **kwargs):  # type: ignore[no-untyped-def]
-        started.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(retrain_job, "retrain", slow_retrain)
+    release, started = gated_retrain
     first = a.post("/retrain", json={"model": "popularity"}, headers=AUTH)
     assert first.status_code == 202 and started.wait(10)
     job_id = first.json()["job_id"]
