@@ -2,14 +2,16 @@
 
     python bench/api_load.py [--items 100000] [--users 20000] [--requests 4000]
                              [--concurrency 1,8] [--workers 2] [--k 10]
+                             [--vectors lightgcn,gaussian] [--repeats 3]
 
-Builds a SQLite store with a synthetic history over ``--items`` items and an active version
-of random vectors (dim 64), then for each ``--workers`` count (comma-separated, e.g. ``1,2``
-to compare) starts ``streamrec.api.serve(..., workers=N)`` with uvicorn in a subprocess
-(access log off) and for each concurrency level runs that many client processes (one
-keep-alive ``http.client`` connection each) sharing ``--requests`` requests for random known
-users.
-Prints client-side p50/p99 latency and requests/s, and the server-side query latency
+For each ``--vectors`` kind, builds a SQLite store over ``--items`` items with an active
+version (dim 64; bench/query_latency.py's ``build``: a LightGCN trained on the synthetic
+stream, about 3 minutes, or random Gaussian vectors), then for each ``--workers`` count
+(comma-separated, e.g. ``1,2`` to compare) starts ``streamrec.api.serve(..., workers=N)``
+in a subprocess (access log off) and for each concurrency level runs ``--repeats`` times
+that many keep-alive connections sharing ``--requests`` requests for random known users.
+Prints client-side p50/p99 latency (pooled over the runs, and p99 per run) and requests/s,
+the served ANN index (its space and build-time recall), and the server-side query latency
 quantiles read from the ``/metrics`` histogram (with several workers, of the one worker that
 answers the scrape). Clients and server share the machine.
 """
@@ -34,15 +36,17 @@ import query_latency  # bench/ is on sys.path when this script runs
 from stream.broker import free_port
 
 
-def build(path: Path, users: int, items: int, events_per_user: int, seed: int) -> None:
+def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
+          vectors: str) -> None:
     """The store of bench/query_latency.py (same data, same active version), closed."""
-    query_latency.build(path, users, items, events_per_user, seed).engine.dispose()
+    query_latency.build(path, users, items, events_per_user, seed, vectors).engine.dispose()
 
 
 def start_server(url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     """``serve(url, port=port, workers=workers)`` in a subprocess (uvicorn's log in ``log``),
     returned once every worker has started and a version is served."""
-    code = (f"from streamrec.api import serve; serve({url!r}, port={port}, "
+    code = ("import logging; logging.basicConfig(level=logging.INFO); "  # the index line
+            f"from streamrec.api import serve; serve({url!r}, port={port}, "
             f"log_level='info', access_log=False, workers={workers})")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with log.open("wb") as out:
@@ -167,41 +171,61 @@ def main() -> None:
                     help="comma-separated server worker process counts, e.g. 1,2 to compare")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vectors", default="lightgcn,gaussian",
+                    help="comma-separated active versions to serve: 'lightgcn' (trained on the "
+                         "synthetic stream, as deployed) and/or 'gaussian' (random vectors, "
+                         "the ANN worst case)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs per concurrency level, each on new connections (the kernel "
+                         "spreads connections over the workers at random: a run can be "
+                         "lopsided); the summary pools them")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "api.db"
-        t = time.perf_counter()
-        build(path, args.users, args.items, args.events_per_user, args.seed)
-        print(f"built store: {args.items:,} items, {args.users:,} users in "
-              f"{time.perf_counter() - t:.1f}s")
-        for workers in (int(w) for w in args.workers.split(",")):
-            rng = np.random.default_rng(args.seed)  # the same requests for every server
-            port = free_port()
+        for vectors in args.vectors.split(","):
+            path = Path(tmp) / f"api-{vectors}.db"
             t = time.perf_counter()
-            server = start_server(f"sqlite:///{path}", port, Path(tmp) / f"serve-{workers}.log",
-                                  workers)
-            print(f"server with {workers} worker(s) up in {time.perf_counter() - t:.1f}s "
-                  "(load + index build)")
-            base = f"http://127.0.0.1:{port}"
-            try:
-                warm = [f"u{u}" for u in rng.integers(1, args.users, 200)]
-                load = run_load_async if args.client == "asyncio" else run_load
-                load(base, warm, args.k, 2)
-                for concurrency in (int(c) for c in args.concurrency.split(",")):
-                    users = [f"u{u}" for u in rng.integers(1, args.users, args.requests)]
-                    lat, elapsed = load(base, users, args.k, concurrency)
-                    p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
-                    print(f"recommend k={args.k}, {args.items:,} items, {workers} worker(s), "
-                          f"{concurrency} clients: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
-                          f"(target p99 < 10 ms), {len(lat) / elapsed:.0f} req/s over "
-                          f"{len(lat)} requests")
-                q = server_quantiles(base)
-                scope = "all runs" if workers == 1 else "one worker's histogram"
-                print(f"server-side query time ({scope}, histogram bucket bounds): "
-                      f"p50 <= {q[0.5]:.1f} ms, p99 <= {q[0.99]:.1f} ms")
-            finally:
-                server.terminate()
-                server.wait(timeout=60)
+            build(path, args.users, args.items, args.events_per_user, args.seed, vectors)
+            print(f"\n== {vectors} vectors: built store, {args.items:,} items, {args.users:,} "
+                  f"users in {time.perf_counter() - t:.1f}s")
+            for workers in (int(w) for w in args.workers.split(",")):
+                measure(path, Path(tmp) / f"serve-{vectors}-{workers}.log", workers, args)
+
+
+def measure(path: Path, log: Path, workers: int, args: argparse.Namespace) -> None:
+    """Start a server on the store at ``path`` and print the load figures."""
+    rng = np.random.default_rng(args.seed)  # the same requests for every server
+    port = free_port()
+    t = time.perf_counter()
+    server = start_server(f"sqlite:///{path}", port, log, workers)
+    index = next((line.split("index ", 1)[1] for line in log.read_text().splitlines()
+                  if "index ItemIndex(" in line), "?")
+    print(f"server with {workers} worker(s) up in {time.perf_counter() - t:.1f}s "
+          f"(load + index build); {index}")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        warm = [f"u{u}" for u in rng.integers(1, args.users, 200)]
+        load = run_load_async if args.client == "asyncio" else run_load
+        load(base, warm, args.k, 2)
+        for concurrency in (int(c) for c in args.concurrency.split(",")):
+            pooled, runs = [], []
+            for _ in range(args.repeats):
+                users = [f"u{u}" for u in rng.integers(1, args.users, args.requests)]
+                lat, elapsed = load(base, users, args.k, concurrency)
+                pooled += lat
+                runs.append(f"p99 {np.percentile(lat, 99):.2f} ms at {len(lat) / elapsed:.0f} "
+                            "req/s")
+            p50, p99 = np.percentile(pooled, 50), np.percentile(pooled, 99)
+            print(f"recommend k={args.k}, {args.items:,} items, {workers} worker(s), "
+                  f"{concurrency} clients: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < "
+                  f"10 ms) over {len(pooled)} requests; per run: {'; '.join(runs)}")
+        q = server_quantiles(base)
+        scope = "all runs" if workers == 1 else "one worker's histogram"
+        print(f"server-side query time ({scope}, histogram bucket bounds): "
+              f"p50 <= {q[0.5]:.1f} ms, p99 <= {q[0.99]:.1f} ms")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
 
 if __name__ == "__main__":
     main()

@@ -15,12 +15,19 @@ import copy
 import logging
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 _SCORE_CELLS = 1 << 24  # bound on a numpy score block (queries x items): 64 MiB float32
+
+
+#: Results per probe query in the build-time recall check of the HNSW space.
+PROBE_K = 10
+#: Probe recall at which the first HNSW space tried ("l2") is kept without trying "ip".
+GOOD_RECALL = 0.95
 
 
 def _import_faiss() -> ModuleType | None:
@@ -39,7 +46,18 @@ class ItemIndex:
         backend: ``"faiss"`` or ``"numpy"`` (default: ``"faiss"``; numpy when faiss is
             not importable).
         exact_threshold: with faiss, an exact ``IndexFlatIP`` below this many items, an
-            ``IndexHNSWFlat`` at or above it (default: 50_000).
+            ``IndexHNSWFlat`` at or above it (default: 50_000). The HNSW graph is built in
+            one of two spaces, whichever finds more of the exact top-10 for the probe
+            queries (:attr:`space`, :attr:`build_recall`): ``"l2"``, the inner product
+            turned into a Euclidean distance by one extra coordinate
+            ``sqrt(max_norm**2 - norm**2)`` (Bachrach et al., RecSys 2014), or ``"ip"``,
+            the inner product itself. Trained embeddings, whose norms grow with popularity,
+            need ``"l2"``: a LightGCN on MovieTweetings found 0.82 of the exact top-10 with
+            ``"ip"`` and 0.995 with ``"l2"`` at ef_search 128. Random Gaussian vectors need
+            ``"ip"`` (0.86 against 0.41 at 100k items). ``"l2"`` is built first and kept
+            when it reaches 0.95.
+        probe_queries: ``[P, dim]`` queries like those the index will serve (a sample of
+            user vectors) for that check (default: up to 256 of the items themselves).
         ef_search: HNSW search breadth, raised to the fetch size when smaller (default: 128).
         hnsw_m: HNSW links per node (default: 32).
         max_overfetch: most extra candidates fetched to make room for exclusions; a row
@@ -62,6 +80,7 @@ class ItemIndex:
         hnsw_m: int = 32,
         max_overfetch: int = 2048,
         use_gpu: bool | None = None,
+        probe_queries: np.ndarray | None = None,
     ) -> None:
         if backend not in ("faiss", "numpy"):
             raise ValueError(f"backend must be 'faiss' or 'numpy', got {backend!r}")
@@ -88,15 +107,42 @@ class ItemIndex:
         self._fresh_items = np.empty((0, self.dim), np.float32)  # their vectors [m, dim]
         self._index = None
         self._gpu_resources = None
+        self._hnsw_params: dict[int, Any] = {}  # efSearch -> faiss.SearchParametersHNSW
+        self.space = "ip"  # of the HNSW graph: "ip" or "l2" (augmented), see the class doc
+        self.build_recall: float | None = None  # HNSW: recall@10 on the probe queries
+        self.probe_recalls: dict[str, float] = {}  # HNSW: that recall of each space tried
         if faiss is not None:
-            self._index = self._build(faiss, use_gpu)
+            self._index = self._build(faiss, use_gpu, probe_queries)
 
-    def _build(self, faiss: ModuleType, use_gpu: bool | None):  # type: ignore[no-untyped-def]
+    def _build(self, faiss: ModuleType, use_gpu: bool | None,
+               probe_queries: np.ndarray | None):  # type: ignore[no-untyped-def]
         dim = self.dim
         if len(self) >= self.exact_threshold:
             self.kind = "hnsw"
-            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.add(self.items)
+            probes = self._probes(probe_queries)
+            truth = [set(row.tolist()) for row in self._exact_top(probes, PROBE_K)]
+            best = None
+            for space in ("l2", "ip"):
+                self.space = space
+                if space == "l2":
+                    norms = np.einsum("id,id->i", self.items, self.items)
+                    extra = np.sqrt(np.maximum(norms.max() - norms, 0.0))[:, None]
+                    index = faiss.IndexHNSWFlat(dim + 1, self.hnsw_m, faiss.METRIC_L2)
+                    index.add(np.hstack([self.items, extra]).astype(np.float32))
+                else:
+                    index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+                    index.add(self.items)
+                self._index = index
+                _, found = self._faiss_search(probes, PROBE_K)
+                recall = float(np.mean([len(t & set(f.tolist())) / PROBE_K
+                                        for t, f in zip(truth, found, strict=True)]))
+                self.probe_recalls[space] = recall
+                if best is None or recall > best[2]:
+                    best = (space, index, recall)
+                if recall >= GOOD_RECALL:
+                    break
+            assert best is not None
+            self.space, index, self.build_recall = best
             return index
         self.kind = "flat"
         index = faiss.IndexFlatIP(dim)
@@ -159,7 +205,10 @@ class ItemIndex:
         return self.kind != "hnsw"
 
     def __repr__(self) -> str:
-        extra = f", ef_search={self.ef_search}" if self.kind == "hnsw" else ""
+        extra = ""
+        if self.kind == "hnsw":
+            extra = (f", space={self.space!r}, ef_search={self.ef_search}, "
+                     f"build_recall={self.build_recall:.3f}")
         if len(self._fresh):
             extra += f", updated={len(self._fresh)}"
         return (
@@ -209,9 +258,9 @@ class ItemIndex:
         for row in range(q.shape[0]):
             keep = found_ids[row] >= 0
             if len(excluded[row]):
-                keep &= ~np.isin(found_ids[row], excluded[row])
+                keep &= ~_in_sorted(found_ids[row], excluded[row])
             if len(fresh):  # their built-index scores are stale: drop, then merge exact ones
-                keep &= ~np.isin(found_ids[row], fresh)
+                keep &= ~_in_sorted(found_ids[row], fresh)
             s, i = found_scores[row][keep], found_ids[row][keep]
             if self.exact:
                 # exact only if the k-th survivor beats the (k+1)-th, or nothing was left out
@@ -220,7 +269,7 @@ class ItemIndex:
             else:
                 unsure = len(i) < k  # HNSW ran short (exclusions, unreachable nodes)
             if len(fresh) and not unsure:
-                ok = ~np.isin(fresh, excluded[row]) if len(excluded[row]) else slice(None)
+                ok = ~_in_sorted(fresh, excluded[row]) if len(excluded[row]) else slice(None)
                 s = np.concatenate([s, fresh_scores[row][ok]])
                 i = np.concatenate([i, fresh[ok]])
                 order = np.lexsort((i, -s))
@@ -241,19 +290,56 @@ class ItemIndex:
             raise ValueError(f"exclude has {len(exclude)} entries for {rows} queries")
         out = []
         for e in exclude:
-            arr = np.unique(np.asarray([] if e is None else e, dtype=np.int64).ravel())
-            out.append(arr[(arr >= 0) & (arr < len(self))])
+            arr = np.asarray([] if e is None else e, dtype=np.int64).ravel()
+            arr = np.sort(arr[(arr >= 0) & (arr < len(self))])
+            if len(arr) > 1 and (arr[1:] == arr[:-1]).any():
+                arr = np.unique(arr)
+            out.append(arr)
+        return out
+
+    def _probes(self, probe_queries: np.ndarray | None) -> np.ndarray:
+        if probe_queries is not None:
+            probes = np.ascontiguousarray(probe_queries, dtype=np.float32)
+            if probes.ndim != 2 or probes.shape[1] != self.dim or not len(probes):
+                raise ValueError(f"probe_queries must be [P>0, {self.dim}], got {probes.shape}")
+            return probes
+        rows = np.random.default_rng(0).choice(len(self), min(len(self), 256), replace=False)
+        return self.items[np.sort(rows)]
+
+    def _exact_top(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Exact top-``k`` ids ``[B, k]`` by brute force (no exclusions, no fresh items)."""
+        out = np.empty((len(queries), k), np.int64)
+        for row, query in enumerate(queries):
+            out[row] = _top_k(self.items @ query, k)[1]
         return out
 
     def _faiss_search(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._faiss is not None and self._index is not None
+        if self.kind == "hnsw" and self.space == "l2":
+            # the augmented query is (q, 0); scores are recomputed as inner products so that
+            # callers see the same numbers as with the other index kinds
+            augmented = np.hstack([q, np.zeros((len(q), 1), np.float32)])
+            _, ids = self._index.search(augmented, fetch, params=self._params(fetch))
+            ids = np.asarray(ids, np.int64)
+            scores = np.einsum("bkd,bd->bk", self.items[np.maximum(ids, 0)], q)
+            scores[ids < 0] = -np.inf
+            order = np.lexsort((ids, -scores))
+            return (np.take_along_axis(scores, order, -1).astype(np.float32),
+                    np.take_along_axis(ids, order, -1))
         if self.kind == "hnsw":
-            params = self._faiss.SearchParametersHNSW()
-            params.efSearch = max(self.ef_search, fetch)
-            scores, ids = self._index.search(q, fetch, params=params)
+            scores, ids = self._index.search(q, fetch, params=self._params(fetch))
         else:
             scores, ids = self._index.search(q, fetch)
         return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+
+    def _params(self, fetch: int) -> Any:
+        ef = max(self.ef_search, fetch)
+        params = self._hnsw_params.get(ef)
+        if params is None:  # one per breadth: building it was ~1.5% of a request
+            params = self._faiss.SearchParametersHNSW()  # type: ignore[union-attr]
+            params.efSearch = ef
+            self._hnsw_params[ef] = params
+        return params
 
     def _numpy_search(
         self, q: np.ndarray, k: int, excluded: list, scores: np.ndarray, ids: np.ndarray
@@ -272,6 +358,14 @@ class ItemIndex:
         row = self.items @ query
         row[excluded] = -np.inf
         return _top_k(row, min(k, len(self) - len(excluded)))
+
+
+def _in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_ids)`` for a sorted, non-empty ``sorted_ids``: a binary
+    search, about 7x cheaper than ``np.isin`` at the ~30 x 20 sizes of one recommendation."""
+    pos = np.searchsorted(sorted_ids, values)
+    np.minimum(pos, len(sorted_ids) - 1, out=pos)
+    return sorted_ids[pos] == values
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

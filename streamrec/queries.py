@@ -22,6 +22,8 @@ from store.graph import GraphStore
 
 DEFAULT_POPULAR_WINDOW_S = 7 * 86_400.0
 DEFAULT_OVERLAY_MARGIN_S = 30.0
+#: User vectors (sampled with seed 0) that check the ANN index's recall when it is built.
+PROBES = 256
 
 
 class UnknownItem(LookupError):
@@ -86,7 +88,11 @@ class QueryService:
         """
         snapshot = self.embeddings.load()
         rows = np.flatnonzero(snapshot.mask("item"))
-        index = ItemIndex(snapshot.items[rows], backend=self.ann_backend)
+        users = np.flatnonzero(snapshot.mask("user"))
+        probes = users[np.random.default_rng(0).choice(len(users), min(len(users), PROBES),
+                                                       replace=False)]
+        index = ItemIndex(snapshot.items[rows], backend=self.ann_backend,
+                          probe_queries=snapshot.users[np.sort(probes)] if len(probes) else None)
         user_ids, item_ids = self.graph.node_ids("user"), self.graph.node_ids("item")
         popular, counts = self._recent_popularity(len(item_ids))
         row_of_item = np.full(max(len(item_ids), len(snapshot.items)), -1, np.int64)

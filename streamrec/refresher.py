@@ -83,8 +83,8 @@ class Refresher:
             self._signature = signature
             if self.metrics is not None:
                 self.metrics.api.refresh_seconds.observe(self.reload_s)
-            log.info("serving %s (%d overlay rows) after a %.2fs reload", self.served.name,
-                     self.overlay_size, self.reload_s)
+            log.info("serving %s (%d overlay rows) after a %.2fs reload, index %r",
+                     self.served.name, self.overlay_size, self.reload_s, served.index)
             return True
 
     def _rebuild_due(self) -> bool:

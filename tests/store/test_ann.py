@@ -144,3 +144,49 @@ def test_updated_validates() -> None:
         index.updated(np.array([1]), np.ones((1, 3)))
     with pytest.raises(ValueError, match="NaN"):
         index.updated(np.array([1]), np.full((1, 4), np.nan))
+
+
+def _popular_norms(items: int = 3000, dim: int = 16, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Vectors shaped like trained embeddings: a few topics, norms growing with a Zipf
+    popularity (LightGCN's item norm grows like the square root of its degree)."""
+    rng = np.random.default_rng(seed)
+    topics = rng.standard_normal((8, dim))
+    directions = topics[rng.integers(0, 8, items)] + 0.5 * rng.standard_normal((items, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    degree = 1.0 / np.arange(1, items + 1) ** 1.1 * items
+    vectors = directions * np.sqrt(rng.permutation(degree))[:, None]
+    users = topics[rng.integers(0, 8, 300)] + 0.5 * rng.standard_normal((300, dim))
+    return vectors.astype(np.float32), users.astype(np.float32)
+
+
+def test_hnsw_space_is_chosen_by_probe_recall() -> None:
+    items, users = _popular_norms()
+    index = ItemIndex(items, exact_threshold=100, probe_queries=users[:100])
+    assert index.kind == "hnsw" and index.space == "l2" and list(index.probe_recalls) == ["l2"]
+    assert index.build_recall is not None and index.build_recall >= ann.GOOD_RECALL
+    assert "space='l2'" in repr(index)
+    queries = users[100:]  # not the probes
+    scores, ids = index.search(queries, 10)
+    _, exact = ItemIndex(items, backend="numpy").search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact, strict=True)])
+    assert recall >= 0.95
+    # scores are inner products of the returned items, best first, as with every kind
+    np.testing.assert_allclose(scores, np.einsum("bkd,bd->bk", items[ids], queries), rtol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_hnsw_keeps_the_space_that_recalls_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    items, queries = _data(items=3000, dim=64)
+    monkeypatch.setattr(ann, "GOOD_RECALL", 1.01)  # never good enough: both spaces are tried
+    index = ItemIndex(items, exact_threshold=100, probe_queries=queries)
+    assert set(index.probe_recalls) == {"ip", "l2"}
+    assert index.space == max(index.probe_recalls, key=index.probe_recalls.__getitem__)
+    assert index.build_recall == index.probe_recalls[index.space]
+    # the kept index is the one measured: the same probes find the same share again
+    _, found = index.search(queries, ann.PROBE_K)
+    _, exact = ItemIndex(items, backend="numpy").search(queries, ann.PROBE_K)
+    recall = np.mean([len(set(a) & set(b)) / ann.PROBE_K for a, b in zip(found, exact,
+                                                                        strict=True)])
+    assert recall == pytest.approx(index.build_recall)
+    with pytest.raises(ValueError, match="probe_queries"):
+        ItemIndex(items, exact_threshold=100, probe_queries=queries[:, :3])

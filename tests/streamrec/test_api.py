@@ -303,3 +303,52 @@ def test_query_bodies_match_their_documented_models(client: TestClient) -> None:
         body = res.json()
         assert set(body) == set(model.model_fields), path
         assert model.model_validate(body).model_dump() == body, path
+
+
+FAST_PATH_REQUESTS = (
+    "/users/a3/recommendations", "/users/a3/recommendations?k=5",
+    "/users/a3/recommendations?k=19&exclude_seen=false",
+    "/users/a3/recommendations?exclude_seen=0&other=x", "/users/nobody/recommendations?k=3",
+    "/items/A1/similar?k=4", "/items/nope/similar", "/users/b2/embedding",
+    "/items/B2/embedding", "/users/nope/embedding",
+    # spellings the fast path leaves to FastAPI (its validation decides)
+    "/users/a3/recommendations?k=0", "/users/a3/recommendations?k=1001",
+    "/users/a3/recommendations?k=ten", "/users/a3/recommendations?k=%2B5",
+    "/users/a3/recommendations?k=3&k=4", "/users/a3/recommendations?exclude_seen=No",
+    "/items/A1/similar?k=",
+)
+
+
+def test_fast_path_answers_as_fastapi_routing_does(stores) -> None:  # type: ignore[no-untyped-def]
+    graph, embeddings = stores
+    answers = {}
+    for fast in (True, False):
+        app = create_app(graph, embeddings, ann_backend="numpy", fast_path=fast)
+        with TestClient(app) as c:
+            answers[fast] = [c.get(path) for path in FAST_PATH_REQUESTS]
+    for path, fast, routed in zip(FAST_PATH_REQUESTS, answers[True], answers[False],
+                                  strict=True):
+        assert (fast.status_code, fast.content) == (routed.status_code, routed.content), path
+        assert fast.headers["content-type"] == routed.headers["content-type"], path
+    assert {r.status_code for r in answers[True]} == {200, 404, 422}
+
+
+@pytest.mark.parametrize(("path", "query", "hit"), [
+    ("/users/u%201/recommendations", b"k=7&exclude_seen=true", ("recommendations", "u%201",
+                                                                  {"k": 7, "exclude_seen": True})),
+    ("/items/i/similar", b"k=1000&exclude_seen=zzz", ("similar", "i", {"k": 1000})),
+    ("/items/i/embedding", b"k=zzz", ("item_embedding", "i", {})),
+    ("/users/u/recommendations", b"k=01", None),
+    ("/users/u/recommendations", b"exclude_seen=True", None),
+    ("/users/u/recommendations/", b"", None),
+    ("/users/a/b/embedding", b"", None),
+    ("/versions", b"", None),
+])
+def test_fast_path_takes_only_plain_spellings(path: str, query: bytes, hit: object) -> None:
+    from streamrec.api_queries import QueryFastPath
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query,
+             "root_path": ""}
+    assert QueryFastPath.match(scope) == hit
+    assert QueryFastPath.match({**scope, "method": "HEAD"}) is None
+    assert QueryFastPath.match({**scope, "root_path": "/api"}) is None

@@ -1,4 +1,5 @@
-"""`streamrec serve --workers 2`: both worker processes answer queries and share retrain jobs."""
+"""`streamrec serve --workers 2`: both worker processes take connections, answer queries and
+share retrain jobs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +80,30 @@ def _request(port: int, method: str, path: str, pids: set[int], body: dict | Non
         conn.close()
 
 
+def _assert_connections_spread(port: int, workers: set[int], n: int = 32) -> None:
+    """A burst of ``n`` keep-alive connections, opened at once as a client pool does, lands
+    on every worker (the kernel spreads them over the workers' SO_REUSEPORT sockets: all on
+    one of two by chance with probability 2 ** (1 - n))."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        owners = []
+        for sock in socks:
+            sock.setblocking(True)
+            sock.settimeout(10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            conn = http.client.HTTPConnection("127.0.0.1", port)
+            conn.sock = sock  # _owner reads the client port off it
+            owners.append(_owner(conn, port, workers))
+        assert set(owners) == workers, owners
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_two_workers_answer_and_share_retrain_jobs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     events = list(generate(n_events=1000, seed=7, days=10).events())
@@ -108,6 +134,7 @@ def test_two_workers_answer_and_share_retrain_jobs(tmp_path) -> None:  # type: i
             if status == 200 and body["served"] == "v1" and pid is not None:
                 answered.add(pid)
         assert len(workers) == 2, workers
+        _assert_connections_spread(port, workers)
 
         user, item = events[0].user_id, events[0].item_id
         status, body, _ = _request(port, "GET", f"/users/{user}/recommendations?k=5", workers)
