@@ -3,6 +3,8 @@ cost of keeping one day fresh, and how much of a retrain's accuracy that buys ba
 
     python bench/updater_cost.py                    # 100k events over 30 days, days 26-28
     python bench/updater_cost.py --events 30000 --days 1   # quicker
+    python bench/updater_cost.py --data ../shared/data/movietweetings/snap100K_ratings.dat \
+        --days 7                                    # real data: its last 7 days before a test day
 
 Protocol (days counted from the stream's start), for each of ``--days`` consecutive days D
 (figures are averaged over them, as one day's Recall@20 is noisy): the base is a LightGCN
@@ -32,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.data import load_file  # noqa: E402
 from models import make_model  # noqa: E402
 from models.base import InteractionGraph, Recommender  # noqa: E402
 from models.incremental_updater import IncrementalUpdater  # noqa: E402
@@ -42,6 +45,8 @@ from models.live_update import (  # noqa: E402
 )
 from models.neighbour_buffer import NeighbourBuffer  # noqa: E402
 from models.training import recall_at_k  # noqa: E402
+from models.updater import USER_AGGREGATIONS  # noqa: E402
+from stream.sources import FORMATS  # noqa: E402
 from stream.synthetic import DAY, generate  # noqa: E402
 
 
@@ -86,7 +91,10 @@ def one_day(
     start, history = time.perf_counter(), LiveUpdateHistory()
     module = train_live_update(
         stale_graph, fit_base_with(lightgcn(args)), num_neighbours=args.neighbours,
-        epochs=args.updater_epochs, update=args.update, seed=args.seed, device=args.device,
+        epochs=args.updater_epochs, lr=args.updater_lr, update=args.update, seed=args.seed,
+        device=args.device, user_aggregation=args.user_aggregation,
+        **({} if args.user_history_weight is None
+           else {"user_history_weight": args.user_history_weight}),
         progress=False, history=history,
     )
     t_train = time.perf_counter() - start
@@ -129,8 +137,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--day", type=int, default=26, help="first day D streamed incrementally")
+    ap.add_argument("--day", type=int, default=None,
+                    help="first day D streamed incrementally (default: 26 on the synthetic "
+                         "stream; with --data, the last --days days that leave a test day)")
     ap.add_argument("--days", type=int, default=3, help="consecutive days D to average over")
+    ap.add_argument("--data", default=None,
+                    help="an interaction file instead of the synthetic stream, e.g. "
+                         "../shared/data/movietweetings/snap100K_ratings.dat (days count "
+                         "from its first event)")
+    ap.add_argument("--format", default="movielens", choices=FORMATS, help="of --data")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
@@ -139,23 +154,41 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=500, help="events per update() call")
     ap.add_argument("--neighbours", type=int, default=20)
     ap.add_argument("--updater-epochs", type=int, default=3)
+    ap.add_argument("--updater-lr", type=float, default=1e-3, help="Adam, live-update training")
     ap.add_argument("--update", default="gru", choices=["gru", "moving_average", "mlp"])
+    ap.add_argument("--user-aggregation", default="lightgcn", choices=USER_AGGREGATIONS,
+                    help="how the updater forms a user's state (TemporalUpdater)")
+    ap.add_argument("--user-history-weight", type=float, default=None,
+                    help="w of the users' updates (default: TemporalUpdater's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    s = generate(n_events=args.events, seed=args.seed)
-    n_users, n_items = s.config.sizes()
-    if args.day < 1 or args.days < 1 or args.day + args.days + 1 > s.config.days:
-        raise SystemExit(f"--day/--days must leave a test day inside the {s.config.days} days")
-    full = InteractionGraph.from_arrays(s.user, s.item, s.ts, num_users=n_users,
-                                        num_items=n_items)
-    print(f"stream: {args.events} events over {s.config.days:.0f} days, {n_users} users, "
-          f"{n_items} items; LightGCN d={args.dim}, {args.layers} layers, {args.epochs} "
-          f"epochs; updater '{args.update}'; torch threads {torch.get_num_threads()}")
-    days = [one_day(full, s.config.start, d, args) for d in range(args.day, args.day + args.days)]
+    if args.data:
+        loaded = load_file(args.data, args.format)
+        full, start = loaded.graph, float(loaded.graph.ts.min())
+        total_days = int(np.ceil((float(full.ts.max()) - start) / DAY))
+        source = f"{loaded.name}: {full.num_edges} events over {total_days} days"
+        if args.day is None:
+            args.day = total_days - args.days - 1
+    else:
+        s = generate(n_events=args.events, seed=args.seed)
+        n_users, n_items = s.config.sizes()
+        full = InteractionGraph.from_arrays(s.user, s.item, s.ts, num_users=n_users,
+                                            num_items=n_items)
+        start, total_days = s.config.start, int(s.config.days)
+        source = f"synthetic stream: {args.events} events over {total_days} days"
+        if args.day is None:
+            args.day = 26
+    if args.day < 1 or args.days < 1 or args.day + args.days + 1 > total_days:
+        raise SystemExit(f"--day/--days must leave a test day inside the {total_days} days")
+    print(f"{source}, {full.num_users} users, {full.num_items} items; LightGCN d={args.dim}, "
+          f"{args.layers} layers, {args.epochs} epochs; updater '{args.update}', users by "
+          f"'{args.user_aggregation}'; torch "
+          f"threads {torch.get_num_threads()}")
+    days = [one_day(full, start, d, args) for d in range(args.day, args.day + args.days)]
 
     mean = {k: float(np.mean([r[k] for r in days])) for k in days[0]}
     print(f"\n== mean over days {args.day}..{args.day + args.days - 1}")

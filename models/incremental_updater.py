@@ -2,7 +2,9 @@
 state on the object, the caller owns the loop). It keeps every node's state, starting from
 the active base version's embeddings, and refreshes only the users and items a batch
 touches, with a trained :class:`~models.updater.TemporalUpdater` over their most recent
-neighbours (:class:`~models.neighbour_buffer.NeighbourBuffer`).
+neighbours (:class:`~models.neighbour_buffer.NeighbourBuffer`); users by LightGCN's
+propagation rule by default, scaled by the ``c`` it fits on the base
+(:meth:`IncrementalUpdater.fit_user_scale`).
 
 Time never runs backwards. A node updated in a batch is updated *as of*
 ``max(its last update, its latest event in the batch)``: an event older than the node's
@@ -125,6 +127,32 @@ class IncrementalUpdater:
         self._known = {s: np.ones(len(self._states[s][0]), bool) for s in SIDES}
         self._features: torch.Tensor | None = None  # [I, item_feature_dim] on device
         self._has_features = np.zeros(len(item), bool)
+        self.user_scale = self.fit_user_scale(user, item, self.buffer)
+
+    @staticmethod
+    def fit_user_scale(user: torch.Tensor, item: torch.Tensor, buffer: NeighbourBuffer,
+                       max_users: int = 20_000, seed: int = 0) -> float:
+        """``c`` of ``user_aggregation="lightgcn"``: the least-squares ratio of the base's
+        user vectors to their degree-normalised item sums
+        ``sum_j x_j / sqrt(d_u d_j)``, over (up to ``max_users``, sampled with ``seed``)
+        users whose whole history is in the buffer (``0 < d_u <= N``); 1.0 without any.
+        A LightGCN base on the synthetic stream: about 1.5."""
+        deg = buffer.degree("user", np.arange(len(user)))
+        idx = np.flatnonzero((deg > 0) & (deg <= buffer.num_neighbours))
+        if not len(idx):
+            return 1.0
+        if len(idx) > max_users:
+            idx = np.sort(np.random.default_rng(seed).choice(idx, max_users, replace=False))
+        nbr, _, weight, mask = buffer.recent("user", idx)
+        inside = mask & (nbr < len(item))
+        item_deg = buffer.degree("item", nbr.ravel()).reshape(nbr.shape).clip(min=1)
+        coef = np.where(inside, weight / np.sqrt(item_deg * deg[idx][:, None]), 0.0)
+        agg = torch.einsum("bn,bnd->bd", torch.from_numpy(coef).float(),
+                           item[torch.from_numpy(np.where(inside, nbr, 0))])
+        denominator = float((agg * agg).sum())
+        if denominator <= 0:
+            return 1.0
+        return float((agg * user[torch.from_numpy(idx)]).sum()) / denominator
 
     # ----------------------------------------------------------------- sizes and views
     @property
@@ -229,6 +257,9 @@ class IncrementalUpdater:
             deg_old=torch.from_numpy(deg_old).to(dev),
             deg_new=torch.from_numpy(np.bincount(local)).to(dev), init=None,
         )
+        if side == "user" and self.updater.user_aggregation == "lightgcn":
+            degree = self.buffer.degree("item", nbr.ravel()).reshape(nbr.shape)
+            x["nbr_degree"] = torch.from_numpy(degree).to(dev)
         unknown = np.flatnonzero(~self._known[side][idx])
         if len(unknown):
             init = self._initial(side, idx[unknown])  # attached to the graph when training
@@ -274,10 +305,15 @@ class IncrementalUpdater:
                 if x["init"] is not None:
                     unknown, init = x["init"]
                     prev = prev.index_put((unknown,), init)
-                new[side] = scale * self.updater.step(
-                    layer, side, prev, source[other[side]][x["nbr"]] / scale, x["dt"],
-                    x["weight"], x["mask"], x["deg_old"], x["deg_new"],
-                )
+                nbr_state = source[other[side]][x["nbr"]] / scale
+                if "nbr_degree" in x:  # users by LightGCN's rule (no learned weights)
+                    new[side] = scale * self.updater.lightgcn_step(
+                        prev, nbr_state, x["weight"], x["mask"], x["nbr_degree"],
+                        x["deg_old"], x["deg_new"], self.user_scale)
+                else:
+                    new[side] = scale * self.updater.step(
+                        layer, side, prev, nbr_state, x["dt"], x["weight"], x["mask"],
+                        x["deg_old"], x["deg_new"])
             if layer + 1 < self.num_layers:  # the next layer reads this one, batch included
                 source = {s: self._states[s][layer].index_put((inputs[s]["rows"],), new[s])
                           for s in SIDES}

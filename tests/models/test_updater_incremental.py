@@ -83,8 +83,9 @@ def test_new_item_with_features_starts_from_its_projection() -> None:
 
 def test_time_never_runs_backwards() -> None:
     """An event older than the node's last update joins the buffer in time order, and the
-    node is recomputed as of its last update time, not the event's."""
-    inc, _ = world_updater()
+    node is recomputed as of its last update time, not the event's (the attention path,
+    where time enters the state)."""
+    inc, _ = world_updater(user_aggregation="attention")
     inc.update([7], [2], [3.0e6])
     user_before = inc.state_tables("user")[0][7].clone()
     items_before = inc.state_tables("item")[0].clone()
@@ -166,3 +167,42 @@ def test_device_round_trip(device: str) -> None:
     c = ref.update(p2.user[200:300], p2.item[200:300], p2.ts[200:300])
     d = moved.update(p2.user[200:300], p2.item[200:300], p2.ts[200:300])
     np.testing.assert_allclose(c.item_vectors, d.item_vectors, rtol=1e-4, atol=1e-5)
+
+
+def test_lightgcn_users_follow_the_propagation_rule() -> None:
+    """Base users that are exactly ``c`` times their degree-normalised item sums stay so
+    (with ``w = 1``) when a user streams new items: the rule is LightGCN's row update."""
+    items = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    hist_u, hist_i = np.array([0, 0, 0, 1, 1, 2]), np.array([0, 1, 2, 2, 3, 4])
+    buffer = NeighbourBuffer(10)
+    buffer.extend(hist_u, hist_i, np.arange(6, dtype=float), np.ones(6, np.float32))
+
+    def lightgcn_row(item_ids: list[int], item_degree: np.ndarray) -> torch.Tensor:
+        d_u = len(item_ids)
+        return 1.7 * sum(items[j] / np.sqrt(d_u * item_degree[j]) for j in item_ids)
+
+    degree = np.bincount(hist_i, minlength=8)
+    users = torch.stack([lightgcn_row([int(j) for j in hist_i[hist_u == u]], degree)
+                         for u in range(3)])
+    inc = IncrementalUpdater(users, items, TemporalUpdater(4, time_dim=4,
+                                                           user_history_weight=1.0),
+                             buffer, device="cpu")
+    assert inc.updater.user_aggregation == "lightgcn"
+    assert inc.user_scale == pytest.approx(1.7, rel=1e-5)
+    res = inc.update([0, 0], [5, 6], [10.0, 11.0])  # new items, old ones untouched
+    degree[[5, 6]] = 1
+    expected = lightgcn_row([0, 1, 2, 5, 6], degree)
+    assert res.user_idx.tolist() == [0]
+    np.testing.assert_allclose(res.user_vectors[0], expected.numpy(), rtol=1e-5, atol=1e-6)
+    # a new user (no base row) is its own degree-normalised item sum, times c
+    res = inc.update([3], [7], [12.0])
+    np.testing.assert_allclose(res.user_vectors[0], (1.7 * items[7]).numpy(), rtol=1e-5)
+
+
+def test_modules_written_before_user_aggregation_keep_attention() -> None:
+    module = TemporalUpdater(4, time_dim=4, user_aggregation="attention")
+    assert TemporalUpdater.from_bytes(module.to_bytes()).user_aggregation == "attention"
+    payload = TemporalUpdater(4, time_dim=4).hyper_parameters()
+    assert payload["user_aggregation"] == "lightgcn"
+    with pytest.raises(ValueError, match="user_aggregation"):
+        TemporalUpdater(4, user_aggregation="mean")

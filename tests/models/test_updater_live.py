@@ -34,13 +34,15 @@ def trained() -> tuple[TemporalUpdater, LiveUpdateHistory]:
     from ROLAND's cumulative-average start (``user_history_weight=1``), which follows no
     drift: what the drift tests see was learned. Items are not scaled by their degree growth
     (``item_degree_exponent=0``): this world keeps every item equally popular by design, so
-    the growth factors would only be Poisson noise on the users' rankings."""
+    the growth factors would only be Poisson noise on the users' rankings. Users go through
+    the learned attention (``user_aggregation="attention"``), the path ROLAND trains."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     history = LiveUpdateHistory()
     module = train_live_update(drift_world(seed=1).full, svd_base, epochs=30, seed=0,
                                history=history, user_history_weight=1.0,
-                               item_degree_exponent=0.0, **FAST)  # type: ignore[arg-type]
+                               item_degree_exponent=0.0, user_aggregation="attention",
+                               **FAST)  # type: ignore[arg-type]
     torch.set_num_threads(threads)
     return module, history
 
