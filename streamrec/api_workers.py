@@ -102,7 +102,8 @@ class WorkerSupervisor:
 
     def run(self, poll_s: float = 0.5) -> int:
         """Start the workers and watch them until SIGINT/SIGTERM; returns the exit status
-        (0 after a signal, :data:`STARTUP_FAILURE` when a worker could not start)."""
+        (0 after a signal, :data:`STARTUP_FAILURE` when a worker could not start). Call it
+        from the main thread (it installs the signal handlers)."""
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
         status = 0
         try:
