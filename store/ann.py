@@ -26,8 +26,6 @@ _SCORE_CELLS = 1 << 24  # bound on a numpy score block (queries x items): 64 MiB
 
 #: Results per probe query in the build-time recall check of the HNSW space.
 PROBE_K = 10
-#: Probe recall at which the first HNSW space tried ("l2") is kept without trying "ip".
-GOOD_RECALL = 0.95
 
 
 def _import_faiss() -> ModuleType | None:
@@ -54,10 +52,12 @@ class ItemIndex:
             the inner product itself. Trained embeddings, whose norms grow with popularity,
             need ``"l2"``: a LightGCN on MovieTweetings found 0.82 of the exact top-10 with
             ``"ip"`` and 0.995 with ``"l2"`` at ef_search 128. Random Gaussian vectors need
-            ``"ip"`` (0.86 against 0.41 at 100k items). ``"l2"`` is built first and kept
-            when it reaches 0.95.
+            ``"ip"`` (0.86 against 0.41 at 100k items). Both are built (twice the build
+            time), the better kept; a tie keeps ``"l2"``.
         probe_queries: ``[P, dim]`` queries like those the index will serve (a sample of
             user vectors) for that check (default: up to 256 of the items themselves).
+        hnsw_space: ``"l2"`` or ``"ip"`` to build only that space (its probe recall is
+            still measured); None: both, the better kept (default: None).
         ef_search: HNSW search breadth, raised to the fetch size when smaller (default: 128).
         hnsw_m: HNSW links per node (default: 32).
         max_overfetch: most extra candidates fetched to make room for exclusions; a row
@@ -81,6 +81,7 @@ class ItemIndex:
         max_overfetch: int = 2048,
         use_gpu: bool | None = None,
         probe_queries: np.ndarray | None = None,
+        hnsw_space: str | None = None,
     ) -> None:
         if backend not in ("faiss", "numpy"):
             raise ValueError(f"backend must be 'faiss' or 'numpy', got {backend!r}")
@@ -90,6 +91,9 @@ class ItemIndex:
         self.items = np.ascontiguousarray(matrix, dtype=np.float32)
         if not np.isfinite(self.items).all():
             raise ValueError("items hold NaN or inf; cannot index them")
+        if hnsw_space not in (None, "l2", "ip"):
+            raise ValueError(f"hnsw_space must be 'l2', 'ip' or None, got {hnsw_space!r}")
+        self._spaces = ("l2", "ip") if hnsw_space is None else (hnsw_space,)
         if ef_search < 1 or hnsw_m < 2 or max_overfetch < 0:
             raise ValueError("ef_search >= 1, hnsw_m >= 2 and max_overfetch >= 0 are required")
         self.exact_threshold = exact_threshold
@@ -122,7 +126,7 @@ class ItemIndex:
             probes = self._probes(probe_queries)
             truth = [set(row.tolist()) for row in self._exact_top(probes, PROBE_K)]
             best = None
-            for space in ("l2", "ip"):
+            for space in self._spaces:
                 self.space = space
                 if space == "l2":
                     norms = np.einsum("id,id->i", self.items, self.items)
@@ -139,8 +143,6 @@ class ItemIndex:
                 self.probe_recalls[space] = recall
                 if best is None or recall > best[2]:
                     best = (space, index, recall)
-                if recall >= GOOD_RECALL:
-                    break
             assert best is not None
             self.space, index, self.build_recall = best
             return index
