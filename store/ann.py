@@ -124,7 +124,9 @@ class ItemIndex:
         if len(self) >= self.exact_threshold:
             self.kind = "hnsw"
             probes = self._probes(probe_queries)
-            truth = [set(row.tolist()) for row in self._exact_top(probes, PROBE_K)]
+            # no FAISS index yet, so search() is the exact numpy brute force
+            _, exact = self.search(probes, PROBE_K)
+            truth = [set(row[row >= 0].tolist()) for row in exact]
             best = None
             for space in self._spaces:
                 self.space = space
@@ -307,13 +309,6 @@ class ItemIndex:
             return probes
         rows = np.random.default_rng(0).choice(len(self), min(len(self), 256), replace=False)
         return self.items[np.sort(rows)]
-
-    def _exact_top(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Exact top-``k`` ids ``[B, k]`` by brute force (no exclusions, no fresh items)."""
-        out = np.empty((len(queries), k), np.int64)
-        for row, query in enumerate(queries):
-            out[row] = _top_k(self.items @ query, k)[1]
-        return out
 
     def _faiss_search(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._faiss is not None and self._index is not None
