@@ -127,28 +127,31 @@ class IncrementalUpdater:
         self._known = {s: np.ones(len(self._states[s][0]), bool) for s in SIDES}
         self._features: torch.Tensor | None = None  # [I, item_feature_dim] on device
         self._has_features = np.zeros(len(item), bool)
-        self.user_scale = self.fit_user_scale(user, item, self.buffer)
+        self.user_scale = self.fit_user_scale(user, item)
 
-    @staticmethod
-    def fit_user_scale(user: torch.Tensor, item: torch.Tensor, buffer: NeighbourBuffer,
-                       max_users: int = 20_000, seed: int = 0) -> float:
+    def fit_user_scale(self, user: torch.Tensor, item: torch.Tensor, max_users: int = 20_000,
+                       seed: int = 0) -> float:
         """``c`` of ``user_aggregation="lightgcn"``: the least-squares ratio of the base's
-        user vectors to their degree-normalised item sums
-        ``sum_j x_j / sqrt(d_u d_j)``, over (up to ``max_users``, sampled with ``seed``)
-        users whose whole history is in the buffer (``0 < d_u <= N``); 1.0 without any.
-        A LightGCN base on the synthetic stream: about 1.5."""
-        deg = buffer.degree("user", np.arange(len(user)))
-        idx = np.flatnonzero((deg > 0) & (deg <= buffer.num_neighbours))
+        user vectors ``user`` to their degree-normalised item sums
+        ``sum_j x_j / sqrt(d_u d_j)`` (the rule's own sum, with no history and ``c = 1``),
+        over (up to ``max_users``, sampled with ``seed``) users whose whole history is in
+        the buffer (``0 < d_u <= N``); 1.0 without any. A LightGCN base on the synthetic
+        stream: about 1.5."""
+        deg = self.buffer.degree("user", np.arange(len(user)))
+        idx = np.flatnonzero((deg > 0) & (deg <= self.buffer.num_neighbours))
         if not len(idx):
             return 1.0
         if len(idx) > max_users:
             idx = np.sort(np.random.default_rng(seed).choice(idx, max_users, replace=False))
-        nbr, _, weight, mask = buffer.recent("user", idx)
+        nbr, _, weight, mask = self.buffer.recent("user", idx)
         inside = mask & (nbr < len(item))
-        item_deg = buffer.degree("item", nbr.ravel()).reshape(nbr.shape).clip(min=1)
-        coef = np.where(inside, weight / np.sqrt(item_deg * deg[idx][:, None]), 0.0)
-        agg = torch.einsum("bn,bnd->bd", torch.from_numpy(coef).float(),
-                           item[torch.from_numpy(np.where(inside, nbr, 0))])
+        item_deg = self.buffer.degree("item", nbr.ravel()).reshape(nbr.shape)
+        with torch.no_grad():
+            agg = self.updater.lightgcn_step(
+                torch.zeros(len(idx), item.shape[1]),
+                item[torch.from_numpy(np.where(inside, nbr, 0))], torch.from_numpy(weight),
+                torch.from_numpy(inside), torch.from_numpy(item_deg),
+                torch.zeros(len(idx)), torch.from_numpy(deg[idx]), 1.0)
         denominator = float((agg * agg).sum())
         if denominator <= 0:
             return 1.0
