@@ -40,7 +40,14 @@ from streamrec.api_bodies import (  # noqa: F401  (re-exported: the API's bodies
     Version,
     Versions,
 )
-from streamrec.api_queries import K_MAX, QueryAnswers, QueryFastPath, json_safe
+from streamrec.api_queries import (
+    EXCLUDE_SEEN_DEFAULT,
+    K_DEFAULT,
+    K_MAX,
+    QueryAnswers,
+    QueryFastPath,
+    json_safe,
+)
 from streamrec.api_workers import WorkerSupervisor, reuse_port_supported
 from streamrec.metrics import Metrics
 from streamrec.queries import QueryService
@@ -118,12 +125,12 @@ def create_app(
         status, body = answer
         return Response(body, status_code=status, media_type="application/json")
 
-    k_query = Query(10, ge=1, le=K_MAX, description=f"how many items (1-{K_MAX})")
+    k_query = Query(K_DEFAULT, ge=1, le=K_MAX, description=f"how many items (1-{K_MAX})")
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations,
              responses=errors, tags=["queries"])
     async def recommendations(user_id: str = Path(...), k: int = k_query,
-                        exclude_seen: bool = Query(True)) -> Response:
+                        exclude_seen: bool = Query(EXCLUDE_SEEN_DEFAULT)) -> Response:
         """Top-``k`` items for a user (never a seen one unless ``exclude_seen=false``)."""
         return respond(answers.recommendations(user_id, k, exclude_seen))
 

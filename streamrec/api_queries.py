@@ -40,6 +40,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _K = re.compile(r"[1-9][0-9]{0,3}")
 _BOOL = {"true": True, "1": True, "false": False, "0": False}
 K_MAX = 1000
+#: Defaults of the routes' ``k`` and ``exclude_seen``, for FastAPI's routes and the fast path.
+K_DEFAULT = 10
+EXCLUDE_SEEN_DEFAULT = True
 
 _ROUTES = (
     (re.compile(r"/users/([^/]+)/recommendations"), "recommendations"),
@@ -112,10 +115,10 @@ class QueryAnswers:
     def by_name(self, endpoint: str, node_id: str, params: dict[str, Any]) -> tuple[int, bytes]:
         """The answer of ``endpoint`` (a name in :data:`_PARAMS`) with parsed parameters."""
         if endpoint == "recommendations":
-            return self.recommendations(node_id, params.get("k", 10),
-                                        params.get("exclude_seen", True))
+            return self.recommendations(node_id, params.get("k", K_DEFAULT),
+                                        params.get("exclude_seen", EXCLUDE_SEEN_DEFAULT))
         if endpoint == "similar":
-            return self.similar(node_id, params.get("k", 10))
+            return self.similar(node_id, params.get("k", K_DEFAULT))
         return getattr(self, endpoint)(node_id)
 
 
@@ -173,4 +176,5 @@ class QueryFastPath:
         return endpoint, found.group(1), params
 
 
-__all__ = ["K_MAX", "QueryAnswers", "QueryFastPath", "json_safe"]
+__all__ = ["EXCLUDE_SEEN_DEFAULT", "K_DEFAULT", "K_MAX", "QueryAnswers", "QueryFastPath",
+           "json_safe"]
