@@ -4,7 +4,7 @@ the active base version's embeddings, and refreshes only the users and items a b
 touches, with a trained :class:`~models.updater.TemporalUpdater` over their most recent
 neighbours (:class:`~models.neighbour_buffer.NeighbourBuffer`); users by LightGCN's
 propagation rule by default, scaled by the ``c`` it fits on the base
-(:meth:`IncrementalUpdater.fit_user_scale`).
+(:meth:`IncrementalUpdater.fit_lightgcn_scale`), and so are items the base does not know.
 
 Time never runs backwards. A node updated in a batch is updated *as of*
 ``max(its last update, its latest event in the batch)``: an event older than the node's
@@ -127,35 +127,39 @@ class IncrementalUpdater:
         self._known = {s: np.ones(len(self._states[s][0]), bool) for s in SIDES}
         self._features: torch.Tensor | None = None  # [I, item_feature_dim] on device
         self._has_features = np.zeros(len(item), bool)
-        self.user_scale = self.fit_user_scale(user, item)
+        # rows at or past these are nodes the base does not know
+        self.base_rows = {"user": len(user), "item": len(item)}
+        self.user_scale = self.fit_lightgcn_scale("user", user, item)
+        self.item_scale = self.fit_lightgcn_scale("item", item, user)
 
-    def fit_user_scale(self, user: torch.Tensor, item: torch.Tensor, max_users: int = 20_000,
-                       seed: int = 0) -> float:
-        """``c`` of ``user_aggregation="lightgcn"``: the least-squares ratio of the base's
-        user vectors ``user`` to their degree-normalised item sums
-        ``sum_j x_j / sqrt(d_u d_j)`` (the rule's own sum, with no history and ``c = 1``),
-        over (up to ``max_users``, sampled with ``seed``) users whose whole history is in
-        the buffer (``0 < d_u <= N``); 1.0 without any. A LightGCN base on the synthetic
-        stream: about 1.5."""
-        deg = self.buffer.degree("user", np.arange(len(user)))
+    def fit_lightgcn_scale(self, side: str, own: torch.Tensor, other: torch.Tensor,
+                           max_nodes: int = 20_000, seed: int = 0) -> float:
+        """``c`` of LightGCN's rule for ``side``: the least-squares ratio of the base's
+        vectors ``own`` to their degree-normalised neighbour sums
+        ``sum_j x_j / sqrt(d_v d_j)`` over the ``other`` side (the rule's own sum, with no
+        history and ``c = 1``), over (up to ``max_nodes``, sampled with ``seed``) nodes
+        whose whole history is in the buffer (``0 < d_v <= N``); 1.0 without any. A
+        LightGCN base on the synthetic stream: about 1.5 for users."""
+        other_side = "item" if side == "user" else "user"
+        deg = self.buffer.degree(side, np.arange(len(own)))
         idx = np.flatnonzero((deg > 0) & (deg <= self.buffer.num_neighbours))
         if not len(idx):
             return 1.0
-        if len(idx) > max_users:
-            idx = np.sort(np.random.default_rng(seed).choice(idx, max_users, replace=False))
-        nbr, _, weight, mask = self.buffer.recent("user", idx)
-        inside = mask & (nbr < len(item))
-        item_deg = self.buffer.degree("item", nbr.ravel()).reshape(nbr.shape)
+        if len(idx) > max_nodes:
+            idx = np.sort(np.random.default_rng(seed).choice(idx, max_nodes, replace=False))
+        nbr, _, weight, mask = self.buffer.recent(side, idx)
+        inside = mask & (nbr < len(other))
+        nbr_deg = self.buffer.degree(other_side, nbr.ravel()).reshape(nbr.shape)
         with torch.no_grad():
             agg = self.updater.lightgcn_step(
-                torch.zeros(len(idx), item.shape[1]),
-                item[torch.from_numpy(np.where(inside, nbr, 0))], torch.from_numpy(weight),
-                torch.from_numpy(inside), torch.from_numpy(item_deg),
+                torch.zeros(len(idx), own.shape[1]),
+                other[torch.from_numpy(np.where(inside, nbr, 0))], torch.from_numpy(weight),
+                torch.from_numpy(inside), torch.from_numpy(nbr_deg),
                 torch.zeros(len(idx)), torch.from_numpy(deg[idx]), 1.0)
         denominator = float((agg * agg).sum())
         if denominator <= 0:
             return 1.0
-        return float((agg * user[torch.from_numpy(idx)]).sum()) / denominator
+        return float((agg * own[torch.from_numpy(idx)]).sum()) / denominator
 
     # ----------------------------------------------------------------- sizes and views
     @property
@@ -260,9 +264,17 @@ class IncrementalUpdater:
             deg_old=torch.from_numpy(deg_old).to(dev),
             deg_new=torch.from_numpy(np.bincount(local)).to(dev), init=None,
         )
-        if side == "user" and self.updater.user_aggregation == "lightgcn":
-            degree = self.buffer.degree("item", nbr.ravel()).reshape(nbr.shape)
+        # items outside the base and without content features (those start from their
+        # projected features, which LightGCN's rule would drop) follow LightGCN's rule too
+        new_items = (np.flatnonzero((idx >= self.base_rows["item"]) & ~self._has_features[idx])
+                     if side == "item" and self.updater.new_item_aggregation == "lightgcn"
+                     else np.zeros(0, np.int64))
+        if (side == "user" and self.updater.user_aggregation == "lightgcn") or len(new_items):
+            other = "item" if side == "user" else "user"
+            degree = self.buffer.degree(other, nbr.ravel()).reshape(nbr.shape)
             x["nbr_degree"] = torch.from_numpy(degree).to(dev)
+        if len(new_items):
+            x["lightgcn_rows"] = torch.from_numpy(new_items).to(dev)
         unknown = np.flatnonzero(~self._known[side][idx])
         if len(unknown):
             init = self._initial(side, idx[unknown])  # attached to the graph when training
@@ -309,14 +321,20 @@ class IncrementalUpdater:
                     unknown, init = x["init"]
                     prev = prev.index_put((unknown,), init)
                 nbr_state = source[other[side]][x["nbr"]] / scale
-                if "nbr_degree" in x:  # users by LightGCN's rule (no learned weights)
+                if "nbr_degree" in x and side == "user":  # LightGCN's rule, no learned weights
                     new[side] = scale * self.updater.lightgcn_step(
                         prev, nbr_state, x["weight"], x["mask"], x["nbr_degree"],
                         x["deg_old"], x["deg_new"], self.user_scale)
-                else:
-                    new[side] = scale * self.updater.step(
-                        layer, side, prev, nbr_state, x["dt"], x["weight"], x["mask"],
-                        x["deg_old"], x["deg_new"])
+                    continue
+                new[side] = scale * self.updater.step(
+                    layer, side, prev, nbr_state, x["dt"], x["weight"], x["mask"],
+                    x["deg_old"], x["deg_new"])
+                if "lightgcn_rows" in x:  # items outside the base: LightGCN's rule, w = 1
+                    r = x["lightgcn_rows"]
+                    new[side] = new[side].index_put((r,), scale * self.updater.lightgcn_step(
+                        prev[r], nbr_state[r], x["weight"][r], x["mask"][r],
+                        x["nbr_degree"][r], x["deg_old"][r], x["deg_new"][r],
+                        self.item_scale, history_weight=1.0))
             if layer + 1 < self.num_layers:  # the next layer reads this one, batch included
                 source = {s: self._states[s][layer].index_put((inputs[s]["rows"],), new[s])
                           for s in SIDES}
@@ -353,7 +371,7 @@ class IncrementalUpdater:
         a state, item features, the neighbour buffer and the module's weights."""
         return {
             "embedding_dim": self.embedding_dim, "num_layers": self.num_layers,
-            "scale": self.scale,
+            "scale": self.scale, "base_rows": dict(self.base_rows),
             **{f"{s}_states": [t.detach().cpu().clone() for t in self._states[s]] for s in SIDES},
             **{f"{s}_last_update": self._last[s].copy() for s in SIDES},
             **{f"{s}_known": self._known[s].copy() for s in SIDES},
@@ -372,6 +390,7 @@ class IncrementalUpdater:
             )
         self.updater.load_state_dict(state["updater"])  # type: ignore[arg-type]
         self.scale = float(state["scale"])  # type: ignore[arg-type]
+        self.base_rows = dict(state.get("base_rows", self.base_rows))  # type: ignore[call-overload]
         self.buffer.load_state_dict(state["buffer"])  # type: ignore[arg-type]
         for s in SIDES:
             self._states[s] = [t.to(self.device).clone() for t in state[f"{s}_states"]]  # type: ignore[attr-defined]

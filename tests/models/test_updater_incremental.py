@@ -3,6 +3,8 @@ devices, and fail-fast checks."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -199,10 +201,56 @@ def test_lightgcn_users_follow_the_propagation_rule() -> None:
     np.testing.assert_allclose(res.user_vectors[0], (1.7 * items[7]).numpy(), rtol=1e-5)
 
 
+def test_new_items_follow_the_propagation_rule_with_their_own_scale() -> None:
+    """Items the base does not know (and that have no content features) are LightGCN's row
+    over their users, times the ``c`` fitted on the base's items, with no discount on
+    their history (``w = 1``)."""
+    users = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    hist_u, hist_i = np.array([0, 1, 1, 2, 3, 3]), np.array([0, 0, 1, 1, 2, 0])
+    buffer = NeighbourBuffer(10)
+    buffer.extend(hist_u, hist_i, np.arange(6, dtype=float), np.ones(6, np.float32))
+    user_degree = np.bincount(hist_u, minlength=4).astype(float)
+
+    def item_row(user_ids: list[int], degree: np.ndarray, table: torch.Tensor) -> torch.Tensor:
+        d_i = len(user_ids)
+        return 0.8 * sum(table[u] / np.sqrt(d_i * degree[u]) for u in user_ids)
+
+    items = torch.stack([item_row([int(u) for u in hist_u[hist_i == i]], user_degree, users)
+                         for i in range(3)])
+    inc = IncrementalUpdater(users, items, TemporalUpdater(4, time_dim=4), buffer, device="cpu")
+    assert inc.updater.new_item_aggregation == "lightgcn"
+    assert inc.item_scale == pytest.approx(0.8, rel=1e-5)
+    res = inc.update([0, 2], [3, 3], [10.0, 11.0])  # item 3 is new; it reads the users' old states
+    user_degree[[0, 2]] += 1
+    first = item_row([0, 2], user_degree, users)
+    np.testing.assert_allclose(res.item_vectors[res.item_idx == 3][0], first.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    # a later batch adds to its row at full weight: sqrt(2/3) * h + c * x_3 / sqrt(3 d_3)
+    user_degree[3] += 1
+    res = inc.update([3], [3], [12.0])
+    expected = (np.sqrt(2 / 3) * first
+                + 0.8 * users[3] / np.sqrt(3 * user_degree[3]))
+    np.testing.assert_allclose(res.item_vectors[0], expected.numpy(), rtol=1e-5, atol=1e-6)
+    attention = IncrementalUpdater(users, items, TemporalUpdater(
+        4, time_dim=4, new_item_aggregation="attention"), NeighbourBuffer(10), device="cpu")
+    other = attention.update([0, 2], [3, 3], [10.0, 11.0])
+    assert not np.allclose(other.item_vectors[other.item_idx == 3], first.numpy())
+
+
 def test_modules_written_before_user_aggregation_keep_attention() -> None:
     module = TemporalUpdater(4, time_dim=4, user_aggregation="attention")
     assert TemporalUpdater.from_bytes(module.to_bytes()).user_aggregation == "attention"
     payload = TemporalUpdater(4, time_dim=4).hyper_parameters()
-    assert payload["user_aggregation"] == "lightgcn"
+    assert payload["user_aggregation"] == payload["new_item_aggregation"] == "lightgcn"
+    # bytes written before either option existed: users and new items keep the attention
+    old = {k: v for k, v in payload.items()
+           if k not in ("user_aggregation", "new_item_aggregation")}
+    buffer = io.BytesIO()
+    torch.save({"hyper_parameters": old,
+                "state_dict": TemporalUpdater(4, time_dim=4).state_dict()}, buffer)
+    back = TemporalUpdater.from_bytes(buffer.getvalue())
+    assert (back.user_aggregation, back.new_item_aggregation) == ("attention", "attention")
     with pytest.raises(ValueError, match="user_aggregation"):
         TemporalUpdater(4, user_aggregation="mean")
+    with pytest.raises(ValueError, match="new_item_aggregation"):
+        TemporalUpdater(4, new_item_aggregation="mean")
