@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=None,
                     help="consecutive days D to average over (default: 15 on the synthetic "
                          "stream, 14 with --data): a day's gap between stale and retrain is "
-                         "about 0.01, and 3-day windows closed from 42%% to 142%% of it")
+                         "about 0.01, and 3-day windows closed from 52%% to 143%% of it")
     ap.add_argument("--data", default=None,
                     help="an interaction file instead of the synthetic stream, e.g. "
                          "../shared/data/movietweetings/snap100K_ratings.dat (days count "
@@ -225,6 +225,7 @@ def main() -> None:
                   f"stale -> retrain gap{who} {figures}" + ("" if part else " (target >= 80%)"))
         else:
             print(f"no gap to close{who}: the retrain does not beat the stale base {figures}")
+
 
 if __name__ == "__main__":
     main()

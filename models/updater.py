@@ -56,7 +56,7 @@ class TemporalUpdater(nn.Module):
             ``h' = sqrt(w d_old / D) h + c sum_j x_j / sqrt(D d_j)`` with
             ``D = w d_old + d_new``, the batch's items ``x_j`` of degree ``d_j`` and ``c``
             the base's own ratio of user vectors to their degree-normalised item sums
-            (:meth:`~models.incremental_updater.IncrementalUpdater.fit_user_scale`): with
+            (:meth:`~models.incremental_updater.IncrementalUpdater.fit_lightgcn_scale`): with
             ``w = 1`` it is the user's row of
             a LightGCN propagation over its old and new items, which is what a retrain
             computes for the user if the items stay put. No weights are learned for users
@@ -279,13 +279,13 @@ class TemporalUpdater(nn.Module):
         nbr_degree: torch.Tensor,
         deg_old: torch.Tensor,
         deg_new: torch.Tensor,
-        user_scale: float,
+        scale: float,
         history_weight: float | None = None,
     ) -> torch.Tensor:
         """New states ``[B, d]`` by LightGCN's rule (``user_aggregation="lightgcn"``, see the
         class doc): previous states ``[B, d]``, the batch's neighbours' states
         ``[B, N, d]``, edge weights, validity ``mask`` and the neighbours' degrees
-        ``[B, N]``, the nodes' degrees ``[B]``; ``user_scale`` is ``c`` and
+        ``[B, N]``, the nodes' degrees ``[B]``; ``scale`` is ``c`` and
         ``history_weight`` ``w`` (default: ``user_history_weight``). Items outside the base
         use it too (``new_item_aggregation="lightgcn"``) with their own ``c`` and ``w = 1``."""
         dtype = state.dtype
@@ -295,7 +295,7 @@ class TemporalUpdater(nn.Module):
         coef = weight.to(dtype) * mask.to(dtype) / nbr_degree.to(dtype).clamp(min=1).sqrt()
         fresh = (coef.unsqueeze(-1) * nbr_state).sum(1)
         return ((old / total).sqrt().unsqueeze(-1) * state
-                + user_scale * fresh / total.sqrt().unsqueeze(-1))
+                + scale * fresh / total.sqrt().unsqueeze(-1))
 
     def to_bytes(self) -> bytes:
         """Hyper-parameters and weights, serialised with :func:`torch.save` in memory."""
@@ -310,7 +310,8 @@ class TemporalUpdater(nn.Module):
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         if not isinstance(payload, dict) or "hyper_parameters" not in payload:
             raise ValueError("these bytes are not a TemporalUpdater written by to_bytes()")
-        # modules written before user_aggregation existed keep their behaviour
+        # modules written before user_aggregation / new_item_aggregation existed keep their
+        # behaviour
         module = cls(**{"user_aggregation": "attention", "new_item_aggregation": "attention",
                         **payload["hyper_parameters"]})
         module.load_state_dict(payload["state_dict"])
