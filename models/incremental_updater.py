@@ -23,6 +23,8 @@ from models.base import resolve_device
 from models.neighbour_buffer import NeighbourBuffer, edge_arrays
 from models.updater import SIDES, TemporalUpdater
 
+OTHER_SIDE = {"user": "item", "item": "user"}
+
 
 @dataclass(frozen=True)
 class UpdateResult:
@@ -127,8 +129,7 @@ class IncrementalUpdater:
         self._known = {s: np.ones(len(self._states[s][0]), bool) for s in SIDES}
         self._features: torch.Tensor | None = None  # [I, item_feature_dim] on device
         self._has_features = np.zeros(len(item), bool)
-        # rows at or past these are nodes the base does not know
-        self.base_rows = {"user": len(user), "item": len(item)}
+        self.base_items = len(item)  # item rows at or past this are unknown to the base
         self.user_scale = self.fit_lightgcn_scale("user", user, item)
         self.item_scale = self.fit_lightgcn_scale("item", item, user)
 
@@ -140,7 +141,6 @@ class IncrementalUpdater:
         history and ``c = 1``), over (up to ``max_nodes``, sampled with ``seed``) nodes
         whose whole history is in the buffer (``0 < d_v <= N``); 1.0 without any. A
         LightGCN base on the synthetic stream: about 1.5 for users."""
-        other_side = "item" if side == "user" else "user"
         deg = self.buffer.degree(side, np.arange(len(own)))
         idx = np.flatnonzero((deg > 0) & (deg <= self.buffer.num_neighbours))
         if not len(idx):
@@ -149,7 +149,7 @@ class IncrementalUpdater:
             idx = np.sort(np.random.default_rng(seed).choice(idx, max_nodes, replace=False))
         nbr, _, weight, mask = self.buffer.recent(side, idx)
         inside = mask & (nbr < len(other))
-        nbr_deg = self.buffer.degree(other_side, nbr.ravel()).reshape(nbr.shape)
+        nbr_deg = self.buffer.degree(OTHER_SIDE[side], nbr.ravel()).reshape(nbr.shape)
         with torch.no_grad():
             agg = self.updater.lightgcn_step(
                 torch.zeros(len(idx), own.shape[1]),
@@ -266,12 +266,11 @@ class IncrementalUpdater:
         )
         # items outside the base and without content features (those start from their
         # projected features, which LightGCN's rule would drop) follow LightGCN's rule too
-        new_items = (np.flatnonzero((idx >= self.base_rows["item"]) & ~self._has_features[idx])
+        new_items = (np.flatnonzero((idx >= self.base_items) & ~self._has_features[idx])
                      if side == "item" and self.updater.new_item_aggregation == "lightgcn"
                      else np.zeros(0, np.int64))
         if (side == "user" and self.updater.user_aggregation == "lightgcn") or len(new_items):
-            other = "item" if side == "user" else "user"
-            degree = self.buffer.degree(other, nbr.ravel()).reshape(nbr.shape)
+            degree = self.buffer.degree(OTHER_SIDE[side], nbr.ravel()).reshape(nbr.shape)
             x["nbr_degree"] = torch.from_numpy(degree).to(dev)
         if len(new_items):
             x["lightgcn_rows"] = torch.from_numpy(new_items).to(dev)
@@ -311,7 +310,7 @@ class IncrementalUpdater:
     def _propagate(self, inputs: dict[str, dict]) -> dict[str, torch.Tensor]:
         """Run the layers over the affected nodes; write each layer's states; return the
         output layer's (see :class:`~models.updater.TemporalUpdater` for the recursion)."""
-        other, scale = {"user": "item", "item": "user"}, self.scale
+        scale = self.scale
         source = {s: self._states[s][-1] for s in SIDES}  # H^0: output states before the batch
         new: dict[str, torch.Tensor] = {}
         for layer in range(self.num_layers):
@@ -320,8 +319,9 @@ class IncrementalUpdater:
                 if x["init"] is not None:
                     unknown, init = x["init"]
                     prev = prev.index_put((unknown,), init)
-                nbr_state = source[other[side]][x["nbr"]] / scale
-                if "nbr_degree" in x and side == "user":  # LightGCN's rule, no learned weights
+                nbr_state = source[OTHER_SIDE[side]][x["nbr"]] / scale
+                if side == "user" and self.updater.user_aggregation == "lightgcn":
+                    # LightGCN's rule, no learned weights
                     new[side] = scale * self.updater.lightgcn_step(
                         prev, nbr_state, x["weight"], x["mask"], x["nbr_degree"],
                         x["deg_old"], x["deg_new"], self.user_scale)
@@ -371,7 +371,7 @@ class IncrementalUpdater:
         a state, item features, the neighbour buffer and the module's weights."""
         return {
             "embedding_dim": self.embedding_dim, "num_layers": self.num_layers,
-            "scale": self.scale, "base_rows": dict(self.base_rows),
+            "scale": self.scale, "base_items": self.base_items,
             **{f"{s}_states": [t.detach().cpu().clone() for t in self._states[s]] for s in SIDES},
             **{f"{s}_last_update": self._last[s].copy() for s in SIDES},
             **{f"{s}_known": self._known[s].copy() for s in SIDES},
@@ -390,7 +390,7 @@ class IncrementalUpdater:
             )
         self.updater.load_state_dict(state["updater"])  # type: ignore[arg-type]
         self.scale = float(state["scale"])  # type: ignore[arg-type]
-        self.base_rows = dict(state.get("base_rows", self.base_rows))  # type: ignore[call-overload]
+        self.base_items = int(state.get("base_items", self.base_items))  # type: ignore[call-overload]
         self.buffer.load_state_dict(state["buffer"])  # type: ignore[arg-type]
         for s in SIDES:
             self._states[s] = [t.to(self.device).clone() for t in state[f"{s}_states"]]  # type: ignore[attr-defined]
