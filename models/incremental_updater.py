@@ -178,6 +178,14 @@ class IncrementalUpdater:
         """float32 CPU ``[num_items, d]``: the current output state of every item."""
         return self._states["item"][-1].detach().float().cpu().clone()
 
+    def rows(self, side: str, idx: object) -> tuple[np.ndarray, np.ndarray]:
+        """The current output states float32 CPU ``[B, d]`` of nodes ``idx`` ``[B]`` of
+        ``side`` and their last update times float64 ``[B]`` (epoch seconds)."""
+        index = np.asarray(idx, dtype=np.int64)
+        rows = torch.from_numpy(index).to(self.device)
+        states = self._states[side][-1][rows].detach().float().cpu().numpy()
+        return states, self._last[side][index].copy()
+
     def last_update(self, side: str, idx: object) -> np.ndarray:
         """float64 ``[B]`` time of each node's last update (``-inf``: never updated)."""
         return self._last[side][np.asarray(idx, dtype=np.int64)]

@@ -218,7 +218,7 @@ class NeighbourBuffer:
             self._allocate(kind, n)
             self._size[kind] = n
             for name in ("nbr", "ts", "w", "len", "deg"):
-                getattr(self, f"_{name}")[kind][:] = np.asarray(state[f"{kind}_{name}"])
+                getattr(self, f"_{name}")[kind][:n] = np.asarray(state[f"{kind}_{name}"])
         return self
 
     def __repr__(self) -> str:

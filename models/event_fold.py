@@ -1,0 +1,118 @@
+"""Folds the events after a base version into an :class:`~models.IncrementalUpdater` in one
+canonical order and chunking, so the node states are a function of (base, the set of
+events) alone: however many ingest processes stored them, in whatever order and batches.
+
+The updater's result depends on how events are grouped into update steps (a node updated
+once over three events is not the node updated three times), so the grouping cannot be
+the consumer's batches, which depend on partition assignment and timing. The canonical
+fold sorts the events by ``(ts, user, item, weight)`` (events equal in all four are
+interchangeable) and applies them in consecutive steps of ``chunk`` events; the last,
+partial step is applied tentatively: the next :meth:`OrderedFold.add` restores the state
+before it and folds it again together with the new events. An event that sorts before the
+end of the last complete step (late by more than the partial step spans) changes every
+later step, so the fold rebuilds from the base (counted in :attr:`OrderedFold.rebuilds`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from models.incremental_updater import IncrementalUpdater
+from models.neighbour_buffer import edge_arrays
+
+_Edges = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # user, item, ts, weight
+
+
+class OrderedFold:
+    """An incremental updater fed in canonical order; :meth:`add` per batch of new events.
+
+    Args:
+        make: builds the updater on the base version's embeddings and history (called once
+            now and again on every rebuild).
+        chunk: events per update step (default: ``500``, bench/updater_cost.py's
+            micro-batch).
+
+    >>> import torch
+    >>> from models.updater import TemporalUpdater
+    >>> make = lambda: IncrementalUpdater(torch.zeros(2, 4), torch.ones(3, 4),
+    ...                                   TemporalUpdater(4, time_dim=4), device="cpu")
+    >>> a, b = OrderedFold(make, chunk=2), OrderedFold(make, chunk=2)
+    >>> _ = a.add([0, 1, 0], [1, 2, 0], [10.0, 30.0, 20.0])
+    >>> _ = b.add([1], [2], [30.0]); users, items = b.add([0, 0], [0, 1], [20.0, 10.0])
+    >>> users.tolist(), items.tolist(), b.rebuilds  # 30.0 was tentative: no rebuild
+    ([0, 1], [0, 1, 2], 0)
+    >>> bool(torch.equal(a.inc.user_embeddings(), b.inc.user_embeddings()))
+    True
+    """
+
+    def __init__(self, make: Callable[[], IncrementalUpdater], chunk: int = 500) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.make, self.chunk = make, chunk
+        self.inc = make()
+        self.rebuilds = 0
+        self._sealed: list[_Edges] = []  # complete steps, in order
+        self._tail: _Edges = _empty()  # the tentative step, sorted
+        self._before_tail: dict[str, object] | None = None  # state without the tail
+
+    @property
+    def num_events(self) -> int:
+        """Events folded in so far."""
+        return len(self._sealed) * self.chunk + len(self._tail[0])
+
+    def add(self, user_idx: object, item_idx: object, ts: object,
+            weight: object | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Fold in new events ``[E]`` (dense indices, epoch seconds, positive weights);
+        returns the sorted user and item indices whose states may have changed."""
+        new = edge_arrays(user_idx, item_idx, ts, weight, what="add")
+        if not len(new[0]):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        if self._sealed and _sorts_before(new, self._sealed[-1]).any():
+            todo = _concat([*self._sealed, self._tail, new])
+            self.inc, self._sealed, self._before_tail = self.make(), [], None
+            self.rebuilds += 1
+        else:
+            if self._before_tail is not None:
+                self.inc.load_state_dict(self._before_tail)
+                self._before_tail = None
+            todo = _concat([self._tail, new])
+        todo = _sorted(todo)
+        changed = np.unique(todo[0]), np.unique(todo[1])  # what is (re)applied below
+        while len(todo[0]) >= self.chunk:
+            step = tuple(a[: self.chunk] for a in todo)
+            self.inc.update(*step)
+            self._sealed.append(step)  # type: ignore[arg-type]
+            todo = tuple(a[self.chunk :] for a in todo)  # type: ignore[assignment]
+        if len(todo[0]):
+            self._before_tail = self.inc.state_dict()
+            self.inc.update(*todo)
+        self._tail = todo
+        return changed
+
+
+def _empty() -> _Edges:
+    return (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64),
+            np.empty(0, np.float32))
+
+
+def _concat(parts: list[_Edges]) -> _Edges:
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(4))  # type: ignore[return-value]
+
+
+def _sorted(edges: _Edges) -> _Edges:
+    user, item, ts, weight = edges
+    order = np.lexsort((weight, item, user, ts))  # primary key last: ts, user, item, weight
+    return tuple(a[order] for a in edges)  # type: ignore[return-value]
+
+
+def _sorts_before(new: _Edges, step: _Edges) -> np.ndarray:
+    """[E] bool: whether each new edge sorts strictly before the last edge of ``step``."""
+    before = np.zeros(len(new[0]), bool)
+    tied = np.ones(len(new[0]), bool)
+    for key in (2, 0, 1, 3):  # ts, user, item, weight
+        last = step[key][-1]
+        before |= tied & (new[key] < last)
+        tied &= new[key] == last
+    return before
