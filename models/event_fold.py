@@ -75,7 +75,7 @@ class OrderedFold:
             self.rebuilds += 1
         else:
             if self._before_tail is not None:
-                self.inc.load_state_dict(self._before_tail)
+                self.inc.rollback(self._before_tail)
                 self._before_tail = None
             todo = _concat([self._tail, new])
         todo = _sorted(todo)
@@ -86,7 +86,7 @@ class OrderedFold:
             self._sealed.append(step)  # type: ignore[arg-type]
             todo = tuple(a[self.chunk :] for a in todo)  # type: ignore[assignment]
         if len(todo[0]):
-            self._before_tail = self.inc.state_dict()
+            self._before_tail = self.inc.checkpoint(np.unique(todo[0]), np.unique(todo[1]))
             self.inc.update(*todo)
         self._tail = todo
         return changed

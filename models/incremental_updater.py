@@ -389,6 +389,40 @@ class IncrementalUpdater:
             "updater": {k: v.detach().cpu() for k, v in self.updater.state_dict().items()},
         }
 
+    def checkpoint(self, user_idx: object, item_idx: object) -> dict[str, object]:
+        """What an :meth:`update` with edges among users ``user_idx`` and items ``item_idx``
+        changes (their rows, the sizes, their buffer rows), for :meth:`rollback`; costs
+        rows, not a copy of the tables as :meth:`state_dict` does."""
+        saved: dict[str, object] = {}
+        for side, idx in (("user", user_idx), ("item", item_idx)):
+            index = np.asarray(idx, dtype=np.int64)
+            index = index[index < len(self._last[side])]
+            rows = torch.from_numpy(index).to(self.device)
+            saved[side] = (len(self._last[side]), index,
+                           [t[rows].clone() for t in self._states[side]],
+                           self._last[side][index].copy(), self._known[side][index].copy())
+        saved["buffer"] = self.buffer.save_rows(np.asarray(user_idx), np.asarray(item_idx))
+        return saved
+
+    def rollback(self, saved: dict[str, object]) -> IncrementalUpdater:
+        """Undo the updates since :meth:`checkpoint` (of edges among its nodes); returns
+        ``self``."""
+        for side in SIDES:
+            size, index, states, last, known = saved[side]  # type: ignore[misc]
+            rows = torch.from_numpy(index).to(self.device)
+            self._states[side] = [t[:size] for t in self._states[side]]
+            for table, old in zip(self._states[side], states, strict=True):
+                table[rows] = old
+            self._last[side] = self._last[side][:size]
+            self._known[side] = self._known[side][:size]
+            self._last[side][index], self._known[side][index] = last, known
+        items = len(self._last["item"])
+        self._has_features = self._has_features[:items]
+        if self._features is not None:
+            self._features = self._features[:items]
+        self.buffer.restore_rows(saved["buffer"])  # type: ignore[arg-type]
+        return self
+
     def load_state_dict(self, state: dict[str, object]) -> IncrementalUpdater:
         """Restore a :meth:`state_dict` onto this object's device; returns ``self``."""
         if (state["embedding_dim"], state["num_layers"]) != (self.embedding_dim, self.num_layers):

@@ -198,6 +198,30 @@ class NeighbourBuffer:
         safe = np.where(inside, idx, 0)
         return np.where(inside, self._deg[kind][safe], 0).astype(np.int64)
 
+    def save_rows(self, user_idx: np.ndarray, item_idx: np.ndarray) -> dict[str, object]:
+        """A copy of the rows of these nodes and of the sizes: all that :meth:`extend` with
+        edges among these nodes changes, for :meth:`restore_rows` (cheap: rows, not tables)."""
+        saved: dict[str, object] = {"size": dict(self._size)}
+        for kind, idx in (("user", user_idx), ("item", item_idx)):
+            idx = np.asarray(idx, dtype=np.int64)
+            idx = idx[idx < self._size[kind]]
+            saved[kind] = (idx, *(getattr(self, f"_{name}")[kind][idx].copy()
+                                  for name in ("nbr", "ts", "w", "len", "deg")))
+        return saved
+
+    def restore_rows(self, saved: dict[str, object]) -> NeighbourBuffer:
+        """Undo every :meth:`extend` since :meth:`save_rows` (of edges among its nodes);
+        returns ``self``."""
+        for kind in KINDS:
+            size, now = saved["size"][kind], self._size[kind]  # type: ignore[index]
+            for name in ("nbr", "ts", "w", "len", "deg"):
+                getattr(self, f"_{name}")[kind][size:now] = 0  # rows grown since: empty again
+            idx, *rows = saved[kind]  # type: ignore[misc]
+            for name, values in zip(("nbr", "ts", "w", "len", "deg"), rows, strict=True):
+                getattr(self, f"_{name}")[kind][idx] = values
+            self._size[kind] = size
+        return self
+
     def state_dict(self) -> dict[str, object]:
         """Plain numpy arrays (trimmed to the sizes) and ints; see :meth:`load_state_dict`."""
         state: dict[str, object] = {"num_neighbours": self.num_neighbours}

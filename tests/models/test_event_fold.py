@@ -90,3 +90,30 @@ def test_changed_nodes_cover_every_node_that_moved() -> None:
 def test_chunk_must_be_positive() -> None:
     with pytest.raises(ValueError, match="chunk"):
         OrderedFold(_maker(), chunk=0)
+
+
+def test_rollback_undoes_an_update_exactly() -> None:
+    inc = _maker()()
+    user, item, ts, weight = _events(40)
+    inc.update(user[:20], item[:20], ts[:20], weight[:20])
+    before = inc.state_dict()
+    saved = inc.checkpoint(np.unique(user[20:]), np.unique(item[20:]))
+    inc.update(user[20:], item[20:], ts[20:], weight[20:])  # new nodes among them
+    inc.rollback(saved)
+    after = inc.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        if key == "buffer":
+            for name, array in value.items():  # type: ignore[union-attr]
+                assert np.array_equal(array, after[key][name]), name  # type: ignore[index]
+        elif isinstance(value, list):
+            assert all(torch.equal(a, b) for a, b in zip(value, after[key], strict=True)), key
+        elif isinstance(value, np.ndarray):
+            assert np.array_equal(value, after[key]), key  # type: ignore[arg-type]
+    # and the rolled-back updater continues exactly as one that never saw those events
+    fresh = _maker()()
+    fresh.update(user[:20], item[:20], ts[:20], weight[:20])
+    for inc_ in (inc, fresh):
+        inc_.update(user[20:], item[20:], ts[20:], weight[20:])
+    assert torch.equal(inc.user_embeddings(), fresh.user_embeddings())
+    assert torch.equal(inc.item_embeddings(), fresh.item_embeddings())
