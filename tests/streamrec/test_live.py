@@ -17,12 +17,22 @@ from streamrec.queries import QueryService
 from streamrec.retrain import RetrainPlan, retrain
 
 
-@pytest.fixture
-def setup(tmp_path):  # type: ignore[no-untyped-def]
-    graph = GraphStore(f"sqlite:///{tmp_path / 'live.db'}")
+def _setup(url: str):  # type: ignore[no-untyped-def]
+    graph = GraphStore(url)
     events = list(generate(n_events=3000, seed=21, days=10).events())
     yield graph, EmbeddingStore(graph.engine), events
     graph.engine.dispose()
+
+
+@pytest.fixture
+def setup(tmp_path):  # type: ignore[no-untyped-def]
+    yield from _setup(f"sqlite:///{tmp_path / 'live.db'}")
+
+
+@pytest.fixture
+def both_stores(store_url: str):  # type: ignore[no-untyped-def]
+    """``setup`` on a SQLite file and on PostgreSQL."""
+    yield from _setup(store_url)
 
 
 def _plan(cutoff: float | None = None) -> RetrainPlan:
@@ -120,9 +130,9 @@ def _wait(condition, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-
 
 
 def test_events_stored_late_during_a_retrain_are_served_after_activation(
-    setup, monkeypatch: pytest.MonkeyPatch
+    both_stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    graph, embeddings, events = setup
+    graph, embeddings, events = both_stores
     live = _live_on_a_first_base(graph, embeddings, events)
     cutoff = events[1999].ts
     # Kafka delivers them while the retrain trains on its snapshot: a user whose events are
@@ -164,8 +174,8 @@ def test_a_new_base_is_replayed_on_a_quiet_stream(setup) -> None:
     assert served["source"] == "overlay" and served["version"] == second.name
 
 
-def test_two_updaters_sharing_a_store_agree_with_one(setup) -> None:
-    graph, embeddings, events = setup
+def test_two_updaters_sharing_a_store_agree_with_one(both_stores) -> None:
+    graph, embeddings, events = both_stores
     graph.write_batch(events[:1500])
     info = retrain(graph, embeddings, _plan())
     a = LiveUpdater(graph, embeddings, device="cpu", chunk=128)

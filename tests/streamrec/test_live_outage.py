@@ -1,5 +1,6 @@
 """A real PostgreSQL outage (its connection cut by a proxy that stops) between the event
-commit and the live update's overlay write: ingest waits it out, nothing is lost."""
+commit and the update hooks (drift watch, then the live update's overlay write), wired as
+`streamrec ingest --update --drift-retrain` wires them: ingest waits it out, loses nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from store.graph import GraphStore
 from stream.consumer import IngestLoop
 from stream.retry import RetryPolicy
 from stream.synthetic import generate
+from streamrec.drift import DriftHook, PrequentialDrift, chain, retried, service_top_k
 from streamrec.live import LiveUpdater
 from streamrec.queries import QueryService
 from streamrec.retrain import RetrainPlan, retrain
@@ -43,6 +45,9 @@ def test_the_update_hook_waits_out_an_outage_after_the_event_commit(proxied) -> 
     retry = RetryPolicy(initial_s=0.2, max_delay_s=1.0)
     live = LiveUpdater(graph, embeddings, device="cpu", retry=retry)
     live.sync()
+    service = QueryService(graph, embeddings)
+    drift = PrequentialDrift(service_top_k(service, k=20))
+    hooks = chain(retried(DriftHook(drift, service), retry), live)
     cuts: list[float] = []
 
     def cut_then_update(result) -> None:  # type: ignore[no-untyped-def]
@@ -50,7 +55,7 @@ def test_the_update_hook_waits_out_an_outage_after_the_event_commit(proxied) -> 
             proxy.stop()
             cuts.append(time.monotonic())
             threading.Timer(OUTAGE_S, proxy.start).start()
-        live(result)
+        hooks(result)
 
     consumer = ListConsumer([e.to_json() for e in events[2000:]])
     loop = IngestLoop(consumer, graph, batch_size=200, idle_exit_s=0, retry=retry,
@@ -60,8 +65,9 @@ def test_the_update_hook_waits_out_an_outage_after_the_event_commit(proxied) -> 
     assert stats.stored == 500 and stats.batches == 3
     assert consumer.commits[-1] == {next(iter(consumer.commits[-1])): 500}
     assert live.seq == graph.ingest_seq() == 2500
+    assert 0 < drift.observed <= 500  # the drift watch went on scoring after the outage
     # every user of the batch written just before the outage is served from the overlay
-    service = QueryService(graph, embeddings)
+    service.refresh()
     for event in events[2000:2200]:
         served = service.embedding("user", event.user_id)
         assert served["source"] == "overlay" and served["version"] == info.name
