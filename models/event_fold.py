@@ -9,8 +9,10 @@ fold sorts the events by ``(ts, user, item, weight)`` (events equal in all four 
 interchangeable) and applies them in consecutive steps of ``chunk`` events; the last,
 partial step is applied tentatively: the next :meth:`OrderedFold.add` restores the state
 before it and folds it again together with the new events. An event that sorts before the
-end of the last complete step (late by more than the partial step spans) changes every
-later step, so the fold rebuilds from the base (counted in :attr:`OrderedFold.rebuilds`).
+end of a complete step (late by more than the partial step spans, e.g. from a partition
+that lags) changes that step and every later one: the fold undoes them, newest first, from
+the rows each one changed (:attr:`OrderedFold.rewinds`), or, beyond the ``undo_steps`` it
+keeps those rows for, rebuilds from the base (:attr:`OrderedFold.rebuilds`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class OrderedFold:
             now and again on every rebuild).
         chunk: events per update step (default: ``500``, bench/updater_cost.py's
             micro-batch).
+        undo_steps: complete steps that can be undone for a late event (default: ``64``,
+            about 0.7 MB each at d = 64); a later event rebuilds from the base.
 
     >>> import torch
     >>> from models.updater import TemporalUpdater
@@ -47,13 +51,17 @@ class OrderedFold:
     True
     """
 
-    def __init__(self, make: Callable[[], IncrementalUpdater], chunk: int = 500) -> None:
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
-        self.make, self.chunk = make, chunk
+    def __init__(self, make: Callable[[], IncrementalUpdater], chunk: int = 500,
+                 undo_steps: int = 64) -> None:
+        if chunk < 1 or undo_steps < 0:
+            raise ValueError(f"chunk must be >= 1 and undo_steps >= 0, got {chunk}, "
+                             f"{undo_steps}")
+        self.make, self.chunk, self.undo_steps = make, chunk, undo_steps
         self.inc = make()
         self.rebuilds = 0
+        self.rewinds = 0
         self._sealed: list[_Edges] = []  # complete steps, in order
+        self._undo: list[dict[str, object]] = []  # checkpoints before the newest steps
         self._tail: _Edges = _empty()  # the tentative step, sorted
         self._before_tail: dict[str, object] | None = None  # state without the tail
 
@@ -69,19 +77,30 @@ class OrderedFold:
         new = edge_arrays(user_idx, item_idx, ts, weight, what="add")
         if not len(new[0]):
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        if self._sealed and _sorts_before(new, self._sealed[-1]).any():
-            todo = _concat([*self._sealed, self._tail, new])
-            self.inc, self._sealed, self._before_tail = self.make(), [], None
+        first = tuple(a[:1] for a in _sorted(new))
+        redo = len(self._sealed)  # the first complete step the new events change
+        while (redo and len(self._sealed) - redo <= len(self._undo)
+               and _sorts_before(first, self._sealed[redo - 1])[0]):  # type: ignore[arg-type]
+            redo -= 1
+        if self._before_tail is not None:
+            self.inc.rollback(self._before_tail)
+            self._before_tail = None
+        if len(self._sealed) - redo > len(self._undo):  # older than the undo log reaches
+            redo, self.inc, self._undo = 0, self.make(), []
             self.rebuilds += 1
-        else:
-            if self._before_tail is not None:
-                self.inc.rollback(self._before_tail)
-                self._before_tail = None
-            todo = _concat([self._tail, new])
-        todo = _sorted(todo)
+        elif redo < len(self._sealed):
+            for saved in reversed(self._undo[redo - len(self._sealed):]):
+                self.inc.rollback(saved)
+            del self._undo[redo - len(self._sealed):]
+            self.rewinds += 1
+        todo = _sorted(_concat([*self._sealed[redo:], self._tail, new]))
+        del self._sealed[redo:]
         changed = np.unique(todo[0]), np.unique(todo[1])  # what is (re)applied below
         while len(todo[0]) >= self.chunk:
             step = tuple(a[: self.chunk] for a in todo)
+            if self.undo_steps:
+                self._undo.append(self.inc.checkpoint(np.unique(step[0]), np.unique(step[1])))
+                del self._undo[: -self.undo_steps]
             self.inc.update(*step)
             self._sealed.append(step)  # type: ignore[arg-type]
             todo = tuple(a[self.chunk :] for a in todo)  # type: ignore[assignment]

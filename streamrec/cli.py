@@ -297,7 +297,7 @@ def ingest(
     if live is not None:
         ls = live.stats
         line += (f" updated_events={ls.events} replayed={ls.replayed_events} "
-                 f"rebuilds={ls.rebuilds} overlay_rows={ls.rows_written} "
+                 f"rewinds={ls.rewinds} rebuilds={ls.rebuilds} overlay_rows={ls.rows_written} "
                  f"update_seconds={ls.seconds:.1f}")
     print(line)
 

@@ -54,6 +54,7 @@ class LiveStats:
     events: int = 0
     replays: int = 0
     replayed_events: int = 0
+    rewinds: int = 0
     rebuilds: int = 0
     rows_written: int = 0
     seconds: float = 0.0
@@ -158,10 +159,11 @@ class LiveUpdater:
 
     def _fold_in(self, new: event_log.StoredEvents) -> None:
         if self._fold is not None and new.num_events:
-            rebuilds = self._fold.rebuilds
+            rewinds, rebuilds = self._fold.rewinds, self._fold.rebuilds
             users, items = self._fold.add(new.user, new.item, new.ts, new.weight)
             self._pending = {"user": np.union1d(self._pending["user"], users),
                              "item": np.union1d(self._pending["item"], items)}
+            self.stats.rewinds += self._fold.rewinds - rewinds
             self.stats.rebuilds += self._fold.rebuilds - rebuilds
             self.stats.events += new.num_events
         self._seq = max(self._seq, new.upto)

@@ -38,23 +38,32 @@ def _events(n: int, seed: int = 1) -> tuple[np.ndarray, ...]:
 
 
 def _fold(batches: list[np.ndarray], events: tuple[np.ndarray, ...], chunk: int,
-          num_layers: int = 1) -> OrderedFold:
-    fold = OrderedFold(_maker(num_layers), chunk=chunk)
+          num_layers: int = 1, undo_steps: int = 64) -> OrderedFold:
+    fold = OrderedFold(_maker(num_layers), chunk=chunk, undo_steps=undo_steps)
     for rows in batches:
         fold.add(*(a[rows] for a in events))
     return fold
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
-def test_batching_and_arrival_order_do_not_change_the_state(num_layers: int) -> None:
+@pytest.mark.parametrize(("num_layers", "undo_steps"), [(1, 64), (2, 64), (1, 1), (1, 0)])
+def test_batching_and_arrival_order_do_not_change_the_state(num_layers: int,
+                                                            undo_steps: int) -> None:
     events = _events(300)
-    one = _fold([np.arange(300)], events, chunk=64, num_layers=num_layers)
+    one = _fold([np.arange(300)], events, chunk=32, num_layers=num_layers)
     rng = np.random.default_rng(2)
-    # two "processes": interleaved partitions, out of time order, uneven batches
-    order = np.concatenate([np.arange(0, 300, 2), np.arange(1, 300, 2)])
-    shuffled = np.split(order, np.sort(rng.choice(np.arange(1, 300), 11, replace=False)))
-    many = _fold(shuffled, events, chunk=64, num_layers=num_layers)
-    assert many.rebuilds > 0  # odd rows arrive after later even rows were folded
+    # two "processes": partitions interleaved in uneven batches, the second one lagging
+    odd = np.arange(1, 300, 2)
+    lagging = np.split(odd, np.sort(rng.choice(np.arange(1, 150), 9, replace=False)))
+    batches = [np.arange(0, 300, 2)[:60], *lagging[:4], np.arange(0, 300, 2)[60:],
+               *lagging[4:]]
+    many = _fold(batches, events, chunk=32, num_layers=num_layers, undo_steps=undo_steps)
+    # odd rows arrive after later even rows were folded: undone or rebuilt from the base
+    if undo_steps == 64:
+        assert many.rebuilds == 0 < many.rewinds
+    elif undo_steps == 1:  # some lag by more than one step
+        assert many.rebuilds > 0
+    else:
+        assert many.rewinds == 0 < many.rebuilds
     assert many.num_events == one.num_events == 300
     _assert_same_state(one, many)
 
@@ -70,7 +79,7 @@ def _assert_same_state(one: OrderedFold, other: OrderedFold) -> None:
 def test_in_order_batches_fold_without_rebuilds_to_the_same_state() -> None:
     events = _events(200)
     fold = _fold(np.array_split(np.arange(200), 7), events, chunk=50)
-    assert fold.rebuilds == 0 and fold.num_events == 200
+    assert fold.rebuilds == fold.rewinds == 0 and fold.num_events == 200
     _assert_same_state(_fold([np.arange(200)], events, chunk=50), fold)
 
 
@@ -90,6 +99,8 @@ def test_changed_nodes_cover_every_node_that_moved() -> None:
 def test_chunk_must_be_positive() -> None:
     with pytest.raises(ValueError, match="chunk"):
         OrderedFold(_maker(), chunk=0)
+    with pytest.raises(ValueError, match="undo_steps"):
+        OrderedFold(_maker(), undo_steps=-1)
 
 
 def test_rollback_undoes_an_update_exactly() -> None:
