@@ -140,19 +140,21 @@ class LiveUpdater:
         return written
 
     def _sync_once(self) -> int | None:
-        active = self.embeddings.active_version()
-        if active is None:
-            return None
-        if active.id != self._version_id:
-            self._load(active)  # built outside the transaction: it reads the whole history
-        with self.embeddings.live_transaction() as conn:
-            current = self.embeddings.active_version(conn)
-            if current is None or current.id != self._version_id:
-                return 0  # activated meanwhile: the next call rebuilds on it
-            new = event_log.events_after(conn, self._seq)
-            self._fold_in(new)
-            # per-batch state derived from the same events goes here, written on `conn`
-            written = self._write_pending(conn)
+        while True:
+            active = self.embeddings.active_version()
+            if active is None:
+                return None
+            if active.id != self._version_id:
+                self._load(active)  # built outside the transaction: it reads the whole history
+            with self.embeddings.live_transaction() as conn:
+                current = self.embeddings.active_version(conn)
+                if current is not None and current.id == self._version_id:
+                    new = event_log.events_after(conn, self._seq)
+                    self._fold_in(new)
+                    # per-batch state derived from the same events goes here, on `conn`
+                    written = self._write_pending(conn)
+                    break
+            # a base was activated between the two reads: rebuild on it first
         self._pending = {"user": _NONE, "item": _NONE}  # committed
         self.stats.rows_written += written
         return written
