@@ -20,8 +20,8 @@ from models.trend.tuning import (
     LONG_HALF_LIVES_DAYS,
     LONG_WEIGHTS,
     SHORT_HALF_LIVES_DAYS,
-    ValidationTask,
     tune,
+    validation_steps,
 )
 
 
@@ -48,6 +48,10 @@ class TrendRanker(Recommender):
         n_recent: recent items kept and queried per user. (default: ``5``)
         valid_fraction: share of the newest events held back for the choice when ``fit``
             gets no ``valid``. (default: ``0.1``)
+        horizon_seconds: how long a ranking is served before the validation walk re-ranks
+            with the events since (the state moves per event in service, so short);
+            ``None``: rank once at the window's start and score the whole window.
+            (default: one day)
         k: the cut-off whose recall is maximised. (default: ``20``)
         seed: seed of the validation users' draw and of the base. (default: ``0``)
 
@@ -64,7 +68,7 @@ class TrendRanker(Recommender):
     name = "trend"
     _param_names = ("base", "base_kwargs", "short_half_lives_days", "long_half_lives_days",
                     "long_weights", "covis_weights", "embedding_weights", "window", "n_recent",
-                    "valid_fraction", "k", "seed")
+                    "valid_fraction", "horizon_seconds", "k", "seed")
 
     def __init__(
         self,
@@ -79,6 +83,7 @@ class TrendRanker(Recommender):
         window: int = 5,
         n_recent: int = 5,
         valid_fraction: float = 0.1,
+        horizon_seconds: float | None = DAY,
         k: int = 20,
         seed: int = 0,
     ) -> None:
@@ -91,7 +96,10 @@ class TrendRanker(Recommender):
         self.long_weights, self.covis_weights = tuple(long_weights), tuple(covis_weights)
         self.embedding_weights = tuple(embedding_weights)
         self.window, self.n_recent = window, n_recent
+        if horizon_seconds is not None and horizon_seconds <= 0:
+            raise ValueError(f"horizon_seconds must be > 0 or None, got {horizon_seconds}")
         self.valid_fraction, self.k, self.seed = valid_fraction, k, seed
+        self.horizon_seconds = horizon_seconds
         self.params_: TrendParams | None = None
         self.state_: TrendState | None = None
         self.base_: Recommender | None = None
@@ -138,9 +146,11 @@ class TrendRanker(Recommender):
         if valid is not None and valid.num_edges and train.num_edges:
             state = TrendState.from_graph(train, half_lives, window=self.window,
                                           n_recent=self.n_recent)
-            task = ValidationTask(train, valid, k=self.k, seed=self.seed)
+            steps = validation_steps(state, train, valid, half_lives=half_lives,
+                                     horizon=self.horizon_seconds, base_dots=base_dots,
+                                     k=self.k, seed=self.seed)
             self.params_, self.validation_ = tune(
-                state, task, base_dots=base_dots,
+                steps,
                 short_half_lives=[h * DAY for h in self.short_half_lives_days],
                 long_half_lives=[h * DAY for h in self.long_half_lives_days],
                 long_weights=self.long_weights, covis_weights=self.covis_weights,
@@ -212,7 +222,7 @@ class TrendRanker(Recommender):
                 "long_weights": self.long_weights, "covis_weights": self.covis_weights,
                 "embedding_weights": self.embedding_weights, "window": self.window,
                 "n_recent": self.n_recent, "valid_fraction": self.valid_fraction,
-                "k": self.k, "seed": self.seed}
+                "horizon_seconds": self.horizon_seconds, "k": self.k, "seed": self.seed}
 
     def fitted_summary(self) -> dict[str, object]:
         """What :meth:`fit` chose and measured, for version metadata and reports: the

@@ -8,6 +8,8 @@ hold the same numbers (up to float rounding).
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from collections.abc import Sequence
 
@@ -164,6 +166,46 @@ class TrendState:
     def num_users_seen(self) -> int:
         """How many users have at least one applied event."""
         return len(self._recent)
+
+    def to_bytes(self) -> bytes:
+        """The whole state as ``.npz`` bytes (no pickles); :meth:`from_bytes` reverses it."""
+        users = sorted(self._recent)
+        lengths = [len(self._recent[u]) for u in users]
+        pairs = [pair for u in users for pair in self._recent[u]]
+        t = self.transitions.tocsr()
+        meta = {"half_lives": self.half_lives, "window": self.window,
+                "n_recent": self.n_recent, "num_items": self.num_items,
+                "ref_ts": self.ref_ts, "last_ts": self.last_ts if self.ref_ts else None}
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            sums=self.sums, counts=self.counts, t_data=t.data, t_indices=t.indices,
+            t_indptr=t.indptr, recent_users=np.asarray(users, np.int64),
+            recent_lengths=np.asarray(lengths, np.int64),
+            recent_ts=np.asarray([p[0] for p in pairs], np.float64),
+            recent_items=np.asarray([p[1] for p in pairs], np.int64))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TrendState:
+        """The state saved by :meth:`to_bytes`."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            state = cls(meta["num_items"], meta["half_lives"], window=meta["window"],
+                        n_recent=meta["n_recent"])
+            state.ref_ts = meta["ref_ts"]
+            state.last_ts = -math.inf if meta["last_ts"] is None else meta["last_ts"]
+            state.sums, state.counts = z["sums"].copy(), z["counts"].copy()
+            n = state.num_items
+            state.transitions = sp.csr_matrix(
+                (z["t_data"], z["t_indices"], z["t_indptr"]), shape=(n, n))
+            ends = np.cumsum(z["recent_lengths"])
+            ts, items = z["recent_ts"].tolist(), z["recent_items"].tolist()
+            for user, end, length in zip(z["recent_users"].tolist(), ends.tolist(),
+                                         z["recent_lengths"].tolist(), strict=True):
+                state._recent[user] = list(zip(ts[end - length:end], items[end - length:end],
+                                               strict=True))
+        return state
 
     def _grow(self, num_items: int) -> None:
         if num_items <= self.num_items:

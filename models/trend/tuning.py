@@ -8,28 +8,23 @@ are scored; nothing after them is read.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from models.base import InteractionGraph
-from models.trend.scoring import (
-    DAY,
-    TrendParams,
-    covis_scores,
-    standardised,
-    trend_scores,
-)
+from models.trend.scoring import DAY, TrendParams, covis_scores, standardised
 from models.trend.state import TrendState
 
 #: the grids searched by default (half-lives in days)
 SHORT_HALF_LIVES_DAYS = (0.5, 1.0, 2.0, 3.0)
 LONG_HALF_LIVES_DAYS = (7.0, 14.0, 30.0, math.inf)
 LONG_WEIGHTS = (0.0, 0.15, 0.3)
-COVIS_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4)
+COVIS_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
 EMBEDDING_WEIGHTS = (0.0, 0.05, 0.1, 0.2)
 
 
@@ -65,6 +60,11 @@ class ValidationTask:
 
     def recall(self, scores: np.ndarray) -> float:
         """Mean Recall@K = |P ∩ top-K| / min(|P|, K) of ``scores`` ``[U, I]`` (modified)."""
+        return float(np.mean(self.per_user(scores)))
+
+    def per_user(self, scores: np.ndarray) -> np.ndarray:
+        """float64 ``[U]`` Recall@K of every user of :attr:`users`, seen items masked
+        (``scores`` is modified)."""
         scores[self.seen_row, self.seen_item] = -np.inf
         k = min(self.k, scores.shape[1] - 1)
         top = np.argpartition(-scores, k, axis=1)[:, :k]
@@ -72,59 +72,122 @@ class ValidationTask:
         hit[np.arange(len(top))[:, None], top] = True
         hits = np.bincount(self.pos_user, weights=hit[self.pos_user, self.pos_item],
                            minlength=len(self.users))
-        return float(np.mean(hits / np.minimum(self.n_pos, self.k)))
+        return hits / np.minimum(self.n_pos, self.k)
+
+
+@dataclass
+class ValidationStep:
+    """One ranking moment of the validation walk: the users scored, the trend term's
+    ``log(c_h + smoothing)`` rows per half-life (``inf``: all-time), the co-visitation term
+    ``[U, I]`` and the base's standardised inner products ``[U, I]`` (or ``None``)."""
+
+    task: ValidationTask
+    log_counts: dict[float, np.ndarray]
+    covis: np.ndarray
+    z: np.ndarray | None
+
+
+def validation_steps(
+    state: TrendState,
+    history: InteractionGraph,
+    valid: InteractionGraph,
+    *,
+    half_lives: Sequence[float],
+    horizon: float | None = None,
+    base_dots: Callable[[np.ndarray], np.ndarray] | None = None,
+    k: int = 20,
+    max_users: int = 5000,
+    seed: int = 0,
+    smoothing: float = 0.1,
+) -> list[ValidationStep]:
+    """Walk ``valid`` as the service would: rank at the start of every ``horizon``
+    seconds (``None``: once, at its start) with the state of every earlier event, score
+    that step's events, then apply them. ``state`` (built on ``history``) is not modified."""
+    if valid.num_edges == 0:
+        return []
+    start, end = float(valid.ts.min()), float(valid.ts.max())
+    bounds = [start] if horizon is None else list(np.arange(start, end, horizon))
+    bounds.append(np.inf)
+    state = copy.deepcopy(state)
+    n_items = max(history.num_items, valid.num_items)
+    steps = []
+    for lo, hi in itertools.pairwise(bounds):
+        past = _concat(history, valid.subset(valid.ts < lo))
+        task = ValidationTask(past, valid.subset((valid.ts >= lo) & (valid.ts < hi)), k=k,
+                              max_users=max_users, seed=seed)
+        if len(task.users):
+            t = task.t
+            pad = n_items - state.num_items
+            decayed = state.decayed(t)
+            table = {h: np.log(np.pad(decayed[state.half_lives.index(h)], (0, pad)) + smoothing)
+                     for h in half_lives}
+            table[math.inf] = np.log(np.pad(state.counts, (0, pad)) + smoothing)
+            covis = np.pad(covis_scores(state, TrendParams(0, 0, 0, 0), task.users),
+                           ((0, 0), (0, pad)))
+            z = None
+            if base_dots is not None:
+                dots = standardised(base_dots(task.users))
+                z = np.pad(dots, ((0, 0), (0, n_items - dots.shape[1])))
+            steps.append(ValidationStep(task, table, covis, z))
+        new = (valid.ts >= lo) & (valid.ts < hi)
+        state.update(valid.user[new], valid.item[new], valid.ts[new])
+    return steps
 
 
 def tune(
-    state: TrendState,
-    task: ValidationTask,
+    steps: Sequence[ValidationStep],
     *,
-    base_dots: Callable[[np.ndarray], np.ndarray] | None = None,
     short_half_lives: Sequence[float] = tuple(h * DAY for h in SHORT_HALF_LIVES_DAYS),
     long_half_lives: Sequence[float] = tuple(h * DAY for h in LONG_HALF_LIVES_DAYS),
     long_weights: Sequence[float] = LONG_WEIGHTS,
     covis_weights: Sequence[float] = COVIS_WEIGHTS,
     embedding_weights: Sequence[float] = EMBEDDING_WEIGHTS,
 ) -> tuple[TrendParams, dict[str, float]]:
-    """The best parameters on ``task`` and the validation recall of each stage's winner.
+    """The parameters with the best Recall@K pooled over every (step, user) pair, and the
+    validation recall of each stage's winner (``valid_recall_trend``, ``_covis``,
+    ``_embedding``)."""
+    if not steps:
+        raise ValueError("no validation step has a user with an unseen item")
 
-    ``state`` must keep every finite half-life of both grids; ``base_dots(users)`` gives
-    the base embeddings' ``[U, I]`` inner products (``None``: no embedding term).
-    """
-    users = task.users
-    pad = task.num_items - state.num_items
-    if pad < 0:
-        raise ValueError("the validation task has fewer items than the state")
-
-    def widen(x: np.ndarray) -> np.ndarray:
-        return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=-np.inf)
+    def pooled(params: TrendParams) -> float:
+        values = []
+        for step in steps:
+            trend = (1 - params.long_weight) * step.log_counts[params.short_half_life]
+            if params.long_weight:
+                trend = trend + params.long_weight * step.log_counts[params.long_half_life]
+            scores = np.tile(trend, (len(step.task.users), 1))
+            if params.covis_weight:
+                scores += params.covis_weight * step.covis
+            if params.embedding_weight and step.z is not None:
+                scores += params.embedding_weight * step.z
+            values.append(step.task.per_user(scores))
+        return float(np.concatenate(values).mean())
 
     best: tuple[float, TrendParams] | None = None
     for short, long, w in itertools.product(short_half_lives, long_half_lives, long_weights):
         if w == 0 and long != long_half_lives[0]:
             continue  # the long half-life plays no part at weight 0
-        params = TrendParams(short, long, w, 0.0)
-        trend = widen(trend_scores(state, params, task.t))
-        value = task.recall(np.tile(trend, (len(users), 1)))
+        candidate = TrendParams(short, long, w, 0.0)
+        value = pooled(candidate)
         if best is None or value > best[0]:
-            best = (value, params)
+            best = (value, candidate)
     assert best is not None
     report = {"valid_recall_trend": best[0]}
-    trend = widen(trend_scores(state, best[1], task.t))
-    covis = widen(covis_scores(state, best[1], users))
-    covis[np.isinf(covis)] = 0.0
-    for beta in covis_weights:
-        value = task.recall(trend + beta * covis)
-        if value > best[0]:
-            best = (value, replace(best[1], covis_weight=beta))
-    report["valid_recall_covis"] = best[0]
-    if base_dots is not None:
-        z = widen(standardised(base_dots(users)))
-        z[np.isinf(z)] = 0.0
-        mixed = trend + best[1].covis_weight * covis
-        for eta in embedding_weights:
-            value = task.recall(mixed + eta * z)
+    stages = [("covis_weight", covis_weights, "valid_recall_covis")]
+    if steps[0].z is not None:
+        stages.append(("embedding_weight", embedding_weights, "valid_recall_embedding"))
+    for field_name, grid, key in stages:
+        for weight in grid:
+            candidate = replace(best[1], **{field_name: weight})
+            value = pooled(candidate)
             if value > best[0]:
-                best = (value, replace(best[1], embedding_weight=eta))
-        report["valid_recall_embedding"] = best[0]
+                best = (value, candidate)
+        report[key] = best[0]
     return best[1], report
+
+
+def _concat(a: InteractionGraph, b: InteractionGraph) -> InteractionGraph:
+    return InteractionGraph.from_arrays(
+        np.concatenate([a.user, b.user]), np.concatenate([a.item, b.item]),
+        np.concatenate([a.ts, b.ts]), np.concatenate([a.weight, b.weight]),
+        num_users=max(a.num_users, b.num_users), num_items=max(a.num_items, b.num_items))

@@ -13,6 +13,8 @@ from models import make_model
 from models.base import InteractionGraph
 from models.trend import TrendParams, TrendRanker, TrendState, covis_scores, trend_scores
 from models.trend.scoring import COVIS_EPS, DAY
+from models.trend.serving import TrendTopK
+from models.trend.tuning import validation_steps
 
 
 def random_stream(n: int = 400, users: int = 25, items: int = 15, seed: int = 0
@@ -103,7 +105,7 @@ def chains(n_users: int = 120, seed: int = 0) -> InteractionGraph:
 
 def test_fit_learns_the_transitions_and_ranks_the_next_chain_item() -> None:
     g = chains()
-    ranker = TrendRanker(k=1, seed=0).fit(g)
+    ranker = TrendRanker(k=1, horizon_seconds=None, seed=0).fit(g)
     params = ranker.fitted_params()
     assert params.covis_weight > 0
     summary = ranker.fitted_summary()
@@ -139,6 +141,22 @@ def test_choice_reads_only_the_validation_window() -> None:
     assert a.fitted_params() == b.fitted_params()
 
 
+def test_the_validation_walk_ranks_each_step_with_every_earlier_event() -> None:
+    g = random_stream(600)
+    cut = float(np.quantile(g.ts, 0.8))
+    train, valid = g.subset(g.ts < cut), g.subset(g.ts >= cut)
+    state = TrendState.from_graph(train, (DAY,))
+    steps = validation_steps(state, train, valid, half_lives=(DAY,), horizon=DAY)
+    assert len(steps) > 3
+    assert state.counts.sum() == train.num_edges          # the caller's state is untouched
+    for step in steps:
+        before = g.subset(g.ts < step.task.t + 1e-6)
+        expected = np.log(np.bincount(before.item, minlength=g.num_items) + 0.1)
+        np.testing.assert_allclose(step.log_counts[math.inf], expected)
+    once = validation_steps(state, train, valid, half_lives=(DAY,), horizon=None)
+    assert len(once) == 1 and once[0].task.t == float(train.ts.max())
+
+
 def test_embedding_term_uses_a_refitted_base() -> None:
     g = chains(60)
     kwargs = dict(embedding_dim=8, epochs=3, batch_size=64, progress=False, device="cpu")
@@ -156,3 +174,35 @@ def test_state_rejects_bad_input() -> None:
         TrendState(3, half_lives=(DAY,)).update([0], [0, 1], [0.0])
     with pytest.raises(RuntimeError, match="not fitted"):
         TrendRanker().score(torch.tensor([0]))
+
+
+def test_state_round_trips_through_bytes() -> None:
+    g = random_stream()
+    state = TrendState.from_graph(g, (DAY, 7 * DAY), window=3, n_recent=4)
+    again = TrendState.from_bytes(state.to_bytes())
+    t = float(g.ts.max())
+    np.testing.assert_array_equal(again.decayed(t), state.decayed(t))
+    np.testing.assert_array_equal(again.transitions.toarray(), state.transitions.toarray())
+    assert all(np.array_equal(again.recent_items(u), state.recent_items(u))
+               for u in range(g.num_users))
+    again.update([0], [1], [t + 1])          # and it keeps working
+    assert again.counts.sum() == state.counts.sum() + 1
+
+
+@pytest.mark.parametrize("covis_weight", [0.0, 0.3])
+def test_candidate_top_k_equals_exact_scoring(covis_weight: float) -> None:
+    g = random_stream(800, users=40, items=300, seed=2)
+    state = TrendState.from_graph(g, (DAY,), window=3, n_recent=5)
+    params = TrendParams(DAY, math.inf, 0.2, covis_weight)
+    ranker = TrendRanker(window=3)
+    ranker.params_, ranker.state_, ranker._num_users = params, state, g.num_users
+    served = TrendTopK(state, params, trend_candidates=5)
+    exact = ranker.score(torch.arange(g.num_users + 1)).double().numpy()
+    for user in range(g.num_users + 1):                  # the last one has no events
+        seen = np.unique(g.item[g.user == user])
+        items, scores = served.top_k(user, 10, exclude=seen)
+        row = exact[user].copy()
+        row[seen] = -np.inf
+        expected = np.lexsort((np.arange(len(row)), -row))[:10]
+        np.testing.assert_array_equal(items, expected)
+        np.testing.assert_allclose(scores, row[expected], rtol=1e-5)
