@@ -202,6 +202,18 @@ class TrendRanker(Recommender):
                 out[known, : z.shape[1]] += params.embedding_weight * z
         return torch.from_numpy(out).float()
 
+    def cold_scores(self, history: InteractionGraph) -> torch.Tensor:
+        """float32 ``[history.num_items]``: a user without events gets the trend term at
+        the newest event of ``history`` (what :meth:`score` gives such a user), never
+        all-time counts; items the state has not seen score as items without events."""
+        state, params = self._state(), self.fitted_params()
+        when = float(history.ts.max()) if history.num_edges else state.last_ts
+        trend = trend_scores(state, params, max(when, state.last_ts))
+        out = np.full(history.num_items, np.log(params.smoothing))
+        n = min(len(trend), history.num_items)
+        out[:n] = trend[:n]
+        return torch.from_numpy(out).float()
+
     def user_embeddings(self) -> torch.Tensor:
         self._state()
         if self.base_ is not None:
