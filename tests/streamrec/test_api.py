@@ -188,7 +188,21 @@ def test_retrain_auth(stores, client: TestClient) -> None:
     graph, embeddings = stores
     closed = TestClient(create_app(graph, embeddings))  # no token configured
     res = closed.post("/retrain", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert res.status_code == 503 and "token" in res.json()["detail"]
+    assert res.status_code == 503 and "STREAMREC_RETRAIN_TOKEN" in res.json()["detail"]
+
+
+@pytest.mark.parametrize("token", ["", "   ", "change-me"])
+def test_retrain_stays_off_without_the_operators_own_token(stores, token: str) -> None:
+    """An empty token (compose's ``${STREAMREC_RETRAIN_TOKEN:-}`` when unset) or the old
+    published placeholder never enables retrain; the queries are served all the same."""
+    graph, embeddings = stores
+    with TestClient(create_app(graph, embeddings, retrain_token=token,
+                               ann_backend="numpy")) as closed:
+        res = closed.post("/retrain", json={"model": "popularity"},
+                          headers={"Authorization": f"Bearer {token}"})
+        assert res.status_code == 503, res.text
+        assert "STREAMREC_RETRAIN_TOKEN" in res.json()["detail"]
+        assert closed.get("/users/a1/recommendations").status_code == 200
 
 
 def test_retrain_runs_in_background(client: TestClient) -> None:
