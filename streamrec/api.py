@@ -68,6 +68,7 @@ def create_app(
     metrics: Metrics | None = None,
     ann_backend: str = "faiss",
     fast_path: bool = True,
+    change_feed: bool = True,
 ) -> FastAPI:
     """The HTTP API over ``graph`` and ``embeddings``.
 
@@ -76,8 +77,12 @@ def create_app(
             placeholder such as ``change-me``: retrain over HTTP is off, 503 with a message
             that names ``STREAMREC_RETRAIN_TOKEN``).
         refresh_interval_s: how often the background thread looks for a new version, overlay
-            rows or events (the thread runs while the app's lifespan does; without it a
-            request refreshes lazily when the last check is older than this).
+            rows or events at the latest (the thread runs while the app's lifespan does;
+            without it a request refreshes lazily when the last check is older than this).
+        change_feed: the background thread also looks as soon as another process commits
+            to the store (:mod:`store.change_feed`: LISTEN/NOTIFY on PostgreSQL, a
+            ``data_version`` poll every 20 ms on a SQLite file), so an ingested event shows
+            in the answers within tens of milliseconds.
         metrics: the registry bundle to expose (default: a new one); pass the same one to the
             ingest loop when it runs in this process.
         ann_backend: of the query service, ``"faiss"`` or ``"numpy"``.
@@ -90,7 +95,7 @@ def create_app(
     if token_problem:
         log.warning("POST /retrain is off: %s", token_problem)
     service = QueryService(graph, embeddings, ann_backend=ann_backend)
-    refresher = Refresher(service, refresh_interval_s, metrics)
+    refresher = Refresher(service, refresh_interval_s, metrics, change_feed=change_feed)
     runner = RetrainRunner(graph, embeddings, lambda: refresher.check_quietly())
     metrics.api.track_ages(
         lambda: refresher.served.activated_at if refresher.served else None,
