@@ -74,17 +74,15 @@ class Refresher:
             signature = (active.id, active.activated_at, embeddings.overlay_newest(active.id),
                          self.overlay_size, graph.last_event_time())
             same_version = self._signature is not None and self._signature[:2] == signature[:2]
-            if not force and signature == self._signature and not self._rebuild_due():
-                return False
-            if not force and same_version and not self._rebuild_due():
+            if not force and same_version and not self._rebuild_now():
+                # a rebuild that is due but must wait for the duty cycle does not hold the
+                # overlay back: it is applied in place meanwhile
+                if signature == self._signature:
+                    return False
                 if self.service.refresh_overlay():
                     self._signature = signature
                     self.newest_overlay = self.service.served.watermark
                     return True
-            elif not force and same_version:
-                gap = self.reload_s * (1.0 / self.max_duty - 1.0)
-                if time.monotonic() - self._reloaded_at < gap:
-                    return False  # the rebuild waits, keeping the duty cycle
             started = time.perf_counter()
             self.service.refresh()
             self.reload_s = time.perf_counter() - started
@@ -100,6 +98,11 @@ class Refresher:
 
     def _rebuild_due(self) -> bool:
         return self.service.index_fresh_share > self.max_fresh_share
+
+    def _rebuild_now(self) -> bool:
+        """A rebuild is due and the duty cycle lets it run now."""
+        gap = self.reload_s * (1.0 / self.max_duty - 1.0)
+        return self._rebuild_due() and time.monotonic() - self._reloaded_at >= gap
 
     def check_quietly(self) -> None:
         try:

@@ -298,6 +298,10 @@ def test_overlay_applies_at_once_rebuilds_are_spaced_versions_are_not(stores) ->
     embeddings.write_overlay(1, "item", items, np.ones((len(items), 8)), time.time())
     assert refresher.check() is True and service.index_fresh_share == 1.0
     assert refresher.check() is False and service.served.index.fresh_share == 1.0
+    # while the rebuild waits, newer overlay rows are still served at once
+    embeddings.write_overlay(1, "user", np.array([1]), 2 * np.ones((1, 8)), time.time() + 1)
+    assert refresher.check() is True and (service.served.snapshot.users[1] == 2.0).all()
+    assert service.served.index.fresh_share == 1.0  # not rebuilt yet
     refresher.reload_s = 0.0
     assert refresher.check() is True and service.index_fresh_share == 0.0  # rebuilt
     assert _retrain(graph, embeddings, "popularity") == "v2"
