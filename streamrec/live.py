@@ -107,6 +107,7 @@ class LiveUpdater:
         self._lock = threading.Lock()  # one sync at a time: writer thread vs. watcher
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._last_sync = -float("inf")  # time.monotonic() of the last sync
 
     @property
     def version_id(self) -> int | None:
@@ -137,6 +138,7 @@ class LiveUpdater:
                 return 0  # nothing to update before the first retrain
             self.stats.batches += 1
             self.stats.seconds += time.perf_counter() - started
+            self._last_sync = time.monotonic()
         return written
 
     def _sync_once(self) -> int | None:
@@ -227,8 +229,11 @@ class LiveUpdater:
 
     # ------------------------------------------------------------------ the watcher
     def due(self) -> bool:
-        """Whether a new base was activated or events were stored since the last sync
-        (two small reads, no lock)."""
+        """Whether no sync ran for ``poll_s`` and a new base was activated or events were
+        stored since the last one (two small reads, no lock): while batches keep coming,
+        their own syncs are enough."""
+        if time.monotonic() - self._last_sync < self.poll_s:
+            return False
         active = self.embeddings.active_version()
         if active is None:
             return False
