@@ -10,7 +10,8 @@
    snapshot / served / lost (target: lost 0).
 2. 1 vs 2 updaters: the rest of the stream is folded in by two LiveUpdaters, each called
    after the batches of its own half of the users (keyed as Kafka's partitions are), the
-   second lagging two batches behind, then by one fresh updater from the base; prints the
+   second lagging two batches behind, each settling once the stream pauses (as their
+   watchers do), then by one fresh updater from the base; prints the
    max absolute difference of the merged vectors (float32; target: within 1e-5).
    tests/integration/test_pipeline.py runs the same comparison with `streamrec ingest
    --update` processes on the real broker.
@@ -84,6 +85,8 @@ def one_vs_two(graph: GraphStore, embeddings: EmbeddingStore, rest: list[Event])
             a(graph.write_batch([parts[0][k] for k in batches[0][step]]))
         if step >= 2:
             b(graph.write_batch([parts[1][k] for k in batches[1][step - 2]]))
+    for live in (a, b):  # the stream pauses: each one's watcher settles what it folded fast
+        live.sync(settle=True)
     two = embeddings.load()
     LiveUpdater(graph, embeddings, device="cpu").sync()
     one = embeddings.load()

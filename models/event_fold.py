@@ -13,6 +13,12 @@ end of a complete step (late by more than the partial step spans, e.g. from a pa
 that lags) changes that step and every later one: the fold undoes them, newest first, from
 the rows each one changed (:attr:`OrderedFold.rewinds`), or, beyond the ``undo_steps`` it
 keeps those rows for, rebuilds from the base (:attr:`OrderedFold.rebuilds`).
+
+That re-work grows with how far arrival strays from time order (a lagging partition), so a
+caller can fold a batch *fast* (``settle=False``): applied at once in arrival order on top,
+like the plain updater, and undone (from the rows it changed) by the next settling
+:meth:`OrderedFold.add`, which folds it in canonically. The state is canonical after every
+settling add; between two, it also holds the fast batches, in arrival order.
 """
 
 from __future__ import annotations
@@ -63,18 +69,29 @@ class OrderedFold:
         self._sealed: list[_Edges] = []  # complete steps, in order
         self._undo: list[dict[str, object]] = []  # checkpoints before the newest steps
         self._tail: _Edges = _empty()  # the tentative step, sorted
-        self._before_tail: dict[str, object] | None = None  # state without the tail
+        self._before_tail: dict[str, object] | None = None  # state without tail and fast
+        self._fast: list[_Edges] = []  # batches applied in arrival order, not yet settled
 
     @property
     def num_events(self) -> int:
         """Events folded in so far."""
-        return len(self._sealed) * self.chunk + len(self._tail[0])
+        return len(self._sealed) * self.chunk + len(self._tail[0]) + self.unsettled
+
+    @property
+    def unsettled(self) -> int:
+        """Events folded in fast, in arrival order, since the last settling :meth:`add`."""
+        return sum(len(b[0]) for b in self._fast)
 
     def add(self, user_idx: object, item_idx: object, ts: object,
-            weight: object | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Fold in new events ``[E]`` (dense indices, epoch seconds, positive weights);
+            weight: object | None = None, *, settle: bool = True
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """Fold in new events ``[E]`` (dense indices, epoch seconds, positive weights),
+        canonically (``settle``, the default, also settles earlier fast batches) or fast;
         returns the sorted user and item indices whose states may have changed."""
         new = edge_arrays(user_idx, item_idx, ts, weight, what="add")
+        if not settle:
+            return self._add_fast(new)
+        new = _concat([*self._fast, new])
         if not len(new[0]):
             return np.empty(0, np.int64), np.empty(0, np.int64)
         first = tuple(a[:1] for a in _sorted(new))
@@ -95,6 +112,7 @@ class OrderedFold:
             self.rewinds += 1
         todo = _sorted(_concat([*self._sealed[redo:], self._tail, new]))
         del self._sealed[redo:]
+        self._fast = []
         changed = np.unique(todo[0]), np.unique(todo[1])  # what is (re)applied below
         while len(todo[0]) >= self.chunk:
             step = tuple(a[: self.chunk] for a in todo)
@@ -109,6 +127,18 @@ class OrderedFold:
             self.inc.update(*todo)
         self._tail = todo
         return changed
+
+    def _add_fast(self, new: _Edges) -> tuple[np.ndarray, np.ndarray]:
+        users, items = np.unique(new[0]), np.unique(new[1])
+        if not len(users):
+            return users, items
+        if self._before_tail is None:
+            self._before_tail = self.inc.checkpoint(users, items)
+        else:  # rows first changed now join the rows saved before the tail
+            self.inc.extend_checkpoint(self._before_tail, users, items)
+        self.inc.update(*new)
+        self._fast.append(new)
+        return users, items
 
 
 def _empty() -> _Edges:

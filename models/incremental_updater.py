@@ -404,6 +404,24 @@ class IncrementalUpdater:
         saved["buffer"] = self.buffer.save_rows(np.asarray(user_idx), np.asarray(item_idx))
         return saved
 
+    def extend_checkpoint(self, saved: dict[str, object], user_idx: object,
+                          item_idx: object) -> dict[str, object]:
+        """Add to a :meth:`checkpoint` the rows of further nodes, unchanged since it was
+        taken, so that one :meth:`rollback` undoes updates among all of them."""
+        for side, idx in (("user", user_idx), ("item", item_idx)):
+            size, index, states, last, known = saved[side]  # type: ignore[misc]
+            more = np.asarray(idx, dtype=np.int64)
+            more = more[(more < size) & ~np.isin(more, index)]
+            rows = torch.from_numpy(more).to(self.device)
+            saved[side] = (size, np.concatenate([index, more]),
+                           [torch.cat([old, t[rows]]) for old, t in zip(states, self._states[side],
+                                                                          strict=True)],
+                           np.concatenate([last, self._last[side][more]]),
+                           np.concatenate([known, self._known[side][more]]))
+        self.buffer.extend_saved_rows(saved["buffer"], np.asarray(user_idx),  # type: ignore[arg-type]
+                                      np.asarray(item_idx))
+        return saved
+
     def rollback(self, saved: dict[str, object]) -> IncrementalUpdater:
         """Undo the updates since :meth:`checkpoint` (of edges among its nodes); returns
         ``self``."""

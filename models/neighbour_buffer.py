@@ -209,6 +209,18 @@ class NeighbourBuffer:
                                   for name in ("nbr", "ts", "w", "len", "deg")))
         return saved
 
+    def extend_saved_rows(self, saved: dict[str, object], user_idx: np.ndarray,
+                          item_idx: np.ndarray) -> dict[str, object]:
+        """Add to :meth:`save_rows`' copy the rows of further nodes, unchanged since."""
+        for kind, idx in (("user", user_idx), ("item", item_idx)):
+            index, *rows = saved[kind]  # type: ignore[misc]
+            more = np.asarray(idx, dtype=np.int64)
+            more = more[(more < saved["size"][kind]) & ~np.isin(more, index)]  # type: ignore[index]
+            saved[kind] = (np.concatenate([index, more]), *(
+                np.concatenate([old, getattr(self, f"_{name}")[kind][more]])
+                for old, name in zip(rows, ("nbr", "ts", "w", "len", "deg"), strict=True)))
+        return saved
+
     def restore_rows(self, saved: dict[str, object]) -> NeighbourBuffer:
         """Undo every :meth:`extend` since :meth:`save_rows` (of edges among its nodes);
         returns ``self``."""

@@ -243,7 +243,7 @@ def ingest(
 
         # measured: 1 thread is ~6x faster than 2 on a loaded 2-core machine (OpenMP spin)
         torch.set_num_threads(settings.torch_threads)
-        live = LiveUpdater(graph, embeddings, retry=retry)
+        live = LiveUpdater(graph, embeddings, retry=retry, settle_every=settings.settle_every)
     # the update latency histogram times the updater alone, as `streamrec run` does
     update_hook = live if metrics is None or live is None else metrics.timed(live)
     on_batch = update_hook

@@ -60,7 +60,7 @@ def run_all(settings: Settings, options: RunOptions) -> IngestStats:
         scheduler.start()
         log.info("retrain scheduler: %s at %r", options.model, options.cron)
     retry = RetryPolicy()  # the event write and the update hook wait outages out alike
-    live = LiveUpdater(graph, embeddings, retry=retry)
+    live = LiveUpdater(graph, embeddings, retry=retry, settle_every=settings.settle_every)
 
     on_batch = metrics.ingest.counted(metrics.ingest.timed(live))
 

@@ -128,3 +128,17 @@ def test_rollback_undoes_an_update_exactly() -> None:
         inc_.update(user[20:], item[20:], ts[20:], weight[20:])
     assert torch.equal(inc.user_embeddings(), fresh.user_embeddings())
     assert torch.equal(inc.item_embeddings(), fresh.item_embeddings())
+
+
+def test_fast_batches_settle_to_the_canonical_state() -> None:
+    events = _events(300)
+    one = _fold([np.arange(300)], events, chunk=32)
+    fold = OrderedFold(_maker(), chunk=32)
+    order = np.concatenate([np.arange(0, 300, 2), np.arange(1, 300, 2)])  # out of order
+    for k, rows in enumerate(np.array_split(order, 10)):
+        users, items = fold.add(*(a[rows] for a in events), settle=k % 4 == 3)
+        assert set(events[0][rows]) <= set(users.tolist())
+    assert fold.unsettled > 0 and fold.num_events == 300
+    fold.add([], [], [])  # settles
+    assert fold.unsettled == 0 and fold.num_events == 300
+    _assert_same_state(one, fold)

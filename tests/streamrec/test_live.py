@@ -169,6 +169,15 @@ def test_a_new_base_is_replayed_on_a_quiet_stream(setup) -> None:
         # nothing arrives after the activation: the watcher replays the 200 events anyway
         assert _wait(lambda: live.version_id == second.id and live.seq == 2200)
         assert _wait(lambda: embeddings.overlay_size(second.id) > 0)
+        for start in range(2200, 2600, 100):  # batches, folded fast in arrival order
+            live(graph.write_batch(events[start:start + 100][::-1]))
+        assert _wait(lambda: live.unsettled == 0)  # the pause settles them canonically
+        settled = embeddings.load()
+    fresh = LiveUpdater(graph, embeddings, device="cpu")
+    fresh.sync()  # from the base: canonical
+    again = embeddings.load()
+    assert np.abs(settled.users - again.users).max() < 1e-5
+    assert np.abs(settled.items - again.items).max() < 1e-5
     user = events[2100].user_id
     served = QueryService(graph, embeddings).embedding("user", user)
     assert served["source"] == "overlay" and served["version"] == second.name
@@ -178,8 +187,9 @@ def test_two_updaters_sharing_a_store_agree_with_one(both_stores) -> None:
     graph, embeddings, events = both_stores
     graph.write_batch(events[:1500])
     info = retrain(graph, embeddings, _plan())
-    a = LiveUpdater(graph, embeddings, device="cpu", chunk=128)
-    b = LiveUpdater(graph, embeddings, device="cpu", chunk=128)
+    # small settle_every: settling syncs meet b's late events mid-stream
+    a = LiveUpdater(graph, embeddings, device="cpu", chunk=128, settle_every=256)
+    b = LiveUpdater(graph, embeddings, device="cpu", chunk=128, settle_every=256)
     # two processes, each with its partitions (keyed by user); b lags behind a
     rest = events[1500:2700]
     parts = [[e for e in rest if int(e.user_id[1:]) % 2 == p] for p in (0, 1)]
@@ -189,6 +199,8 @@ def test_two_updaters_sharing_a_store_agree_with_one(both_stores) -> None:
             a(graph.write_batch([parts[0][k] for k in batches[0][step]]))
         if step >= 2:
             b(graph.write_batch([parts[1][k] for k in batches[1][step - 2]]))
+    for live in (a, b):  # the stream pauses: each one's watcher settles what it folded fast
+        live.sync(settle=True)
     # b's events sort before a's complete steps: undone and folded again
     assert a.stats.rewinds + b.stats.rewinds + a.stats.rebuilds + b.stats.rebuilds > 0
     two = embeddings.load()
