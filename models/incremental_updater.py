@@ -393,31 +393,29 @@ class IncrementalUpdater:
         """What an :meth:`update` with edges among users ``user_idx`` and items ``item_idx``
         changes (their rows, the sizes, their buffer rows), for :meth:`rollback`; costs
         rows, not a copy of the tables as :meth:`state_dict` does."""
-        saved: dict[str, object] = {}
-        for side, idx in (("user", user_idx), ("item", item_idx)):
-            index = np.asarray(idx, dtype=np.int64)
-            index = index[index < len(self._last[side])]
-            rows = torch.from_numpy(index).to(self.device)
-            saved[side] = (len(self._last[side]), index,
-                           [t[rows].clone() for t in self._states[side]],
-                           self._last[side][index].copy(), self._known[side][index].copy())
-        saved["buffer"] = self.buffer.save_rows(np.asarray(user_idx), np.asarray(item_idx))
-        return saved
+        saved: dict[str, object] = {
+            side: {"size": len(self._last[side]), "flag": np.zeros(len(self._last[side]), bool),
+                   "parts": []}
+            for side in SIDES
+        }
+        saved["buffer"] = self.buffer.save_rows(np.empty(0, np.int64), np.empty(0, np.int64))
+        return self.extend_checkpoint(saved, user_idx, item_idx)
 
     def extend_checkpoint(self, saved: dict[str, object], user_idx: object,
                           item_idx: object) -> dict[str, object]:
         """Add to a :meth:`checkpoint` the rows of further nodes, unchanged since it was
         taken, so that one :meth:`rollback` undoes updates among all of them."""
         for side, idx in (("user", user_idx), ("item", item_idx)):
-            size, index, states, last, known = saved[side]  # type: ignore[misc]
-            more = np.asarray(idx, dtype=np.int64)
-            more = more[(more < size) & ~np.isin(more, index)]
-            rows = torch.from_numpy(more).to(self.device)
-            saved[side] = (size, np.concatenate([index, more]),
-                           [torch.cat([old, t[rows]]) for old, t in zip(states, self._states[side],
-                                                                          strict=True)],
-                           np.concatenate([last, self._last[side][more]]),
-                           np.concatenate([known, self._known[side][more]]))
+            part = saved[side]  # type: ignore[index]
+            more = np.unique(np.asarray(idx, dtype=np.int64))
+            more = more[more < part["size"]]
+            more = more[~part["flag"][more]]
+            if len(more):
+                part["flag"][more] = True
+                rows = torch.from_numpy(more).to(self.device)
+                part["parts"].append((more, [t[rows].clone() for t in self._states[side]],
+                                      self._last[side][more].copy(),
+                                      self._known[side][more].copy()))
         self.buffer.extend_saved_rows(saved["buffer"], np.asarray(user_idx),  # type: ignore[arg-type]
                                       np.asarray(item_idx))
         return saved
@@ -426,14 +424,16 @@ class IncrementalUpdater:
         """Undo the updates since :meth:`checkpoint` (of edges among its nodes); returns
         ``self``."""
         for side in SIDES:
-            size, index, states, last, known = saved[side]  # type: ignore[misc]
-            rows = torch.from_numpy(index).to(self.device)
+            part = saved[side]  # type: ignore[index]
+            size = part["size"]
             self._states[side] = [t[:size] for t in self._states[side]]
-            for table, old in zip(self._states[side], states, strict=True):
-                table[rows] = old
             self._last[side] = self._last[side][:size]
             self._known[side] = self._known[side][:size]
-            self._last[side][index], self._known[side][index] = last, known
+            for index, states, last, known in part["parts"]:
+                rows = torch.from_numpy(index).to(self.device)
+                for table, old in zip(self._states[side], states, strict=True):
+                    table[rows] = old
+                self._last[side][index], self._known[side][index] = last, known
         items = len(self._last["item"])
         self._has_features = self._has_features[:items]
         if self._features is not None:

@@ -17,6 +17,7 @@ import numpy as np
 from models.base import InteractionGraph
 
 KINDS = ("user", "item")
+_ROW_ARRAYS = ("nbr", "ts", "w", "len", "deg")  # per-node storage, one row per node
 
 
 def _check_kind(kind: str) -> str:
@@ -202,23 +203,22 @@ class NeighbourBuffer:
         """A copy of the rows of these nodes and of the sizes: all that :meth:`extend` with
         edges among these nodes changes, for :meth:`restore_rows` (cheap: rows, not tables)."""
         saved: dict[str, object] = {"size": dict(self._size)}
-        for kind, idx in (("user", user_idx), ("item", item_idx)):
-            idx = np.asarray(idx, dtype=np.int64)
-            idx = idx[idx < self._size[kind]]
-            saved[kind] = (idx, *(getattr(self, f"_{name}")[kind][idx].copy()
-                                  for name in ("nbr", "ts", "w", "len", "deg")))
-        return saved
+        for kind in KINDS:
+            saved[kind] = {"flag": np.zeros(self._size[kind], bool), "parts": []}
+        return self.extend_saved_rows(saved, user_idx, item_idx)
 
     def extend_saved_rows(self, saved: dict[str, object], user_idx: np.ndarray,
                           item_idx: np.ndarray) -> dict[str, object]:
         """Add to :meth:`save_rows`' copy the rows of further nodes, unchanged since."""
         for kind, idx in (("user", user_idx), ("item", item_idx)):
-            index, *rows = saved[kind]  # type: ignore[misc]
-            more = np.asarray(idx, dtype=np.int64)
-            more = more[(more < saved["size"][kind]) & ~np.isin(more, index)]  # type: ignore[index]
-            saved[kind] = (np.concatenate([index, more]), *(
-                np.concatenate([old, getattr(self, f"_{name}")[kind][more]])
-                for old, name in zip(rows, ("nbr", "ts", "w", "len", "deg"), strict=True)))
+            part = saved[kind]  # type: ignore[index]
+            more = np.unique(np.asarray(idx, dtype=np.int64))
+            more = more[more < saved["size"][kind]]  # type: ignore[index]
+            more = more[~part["flag"][more]]
+            if len(more):
+                part["flag"][more] = True
+                part["parts"].append((more, *(getattr(self, f"_{name}")[kind][more].copy()
+                                              for name in _ROW_ARRAYS)))
         return saved
 
     def restore_rows(self, saved: dict[str, object]) -> NeighbourBuffer:
@@ -226,11 +226,11 @@ class NeighbourBuffer:
         returns ``self``."""
         for kind in KINDS:
             size, now = saved["size"][kind], self._size[kind]  # type: ignore[index]
-            for name in ("nbr", "ts", "w", "len", "deg"):
+            for name in _ROW_ARRAYS:
                 getattr(self, f"_{name}")[kind][size:now] = 0  # rows grown since: empty again
-            idx, *rows = saved[kind]  # type: ignore[misc]
-            for name, values in zip(("nbr", "ts", "w", "len", "deg"), rows, strict=True):
-                getattr(self, f"_{name}")[kind][idx] = values
+            for idx, *rows in saved[kind]["parts"]:  # type: ignore[index]
+                for name, values in zip(_ROW_ARRAYS, rows, strict=True):
+                    getattr(self, f"_{name}")[kind][idx] = values
             self._size[kind] = size
         return self
 

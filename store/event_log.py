@@ -44,11 +44,18 @@ def ingest_seq(conn: Connection) -> int:
                .scalar_one())
 
 
-def events_after(conn: Connection, after: int, *, upto: int | None = None) -> StoredEvents:
-    """Events with ``after < id <= upto`` (``upto``: the ingest sequence now), by id."""
-    upto = ingest_seq(conn) if upto is None else int(upto)
-    t = schema.interactions
-    return _read(conn, (t.c.id > int(after)) & (t.c.id <= upto), upto)
+def events_after(conn: Connection, after: int) -> StoredEvents:
+    """Every committed event with ``id > after``, by id; ``upto`` is the highest id read
+    (``after`` when none): what is visible above ``after`` is a gap-free prefix, since ids
+    grow in commit order. Once per ingested batch, so straight through the driver (through
+    SQLAlchemy's rows, 1,000 events took 27 ms)."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute("SELECT id, user_idx, item_idx, ts, weight FROM interactions "
+                   f"WHERE id > {mark} ORDER BY id", (int(after),))
+    rows = cursor.fetchall()
+    cursor.close()
+    return _arrays(rows, int(rows[-1][0]) if rows else int(after))
 
 
 def unseen_by(conn: Connection, seq: int | None, cutoff: float, *, upto: int) -> StoredEvents:
@@ -74,7 +81,10 @@ def seen_condition(seq: int | None, until: float | None):  # type: ignore[no-unt
 def _read(conn: Connection, cond, upto: int) -> StoredEvents:  # type: ignore[no-untyped-def]
     t = schema.interactions
     stmt = select(t.c.id, t.c.user_idx, t.c.item_idx, t.c.ts, t.c.weight).where(cond)
-    rows = conn.execute(stmt.order_by(t.c.id)).all()
+    return _arrays(conn.execute(stmt.order_by(t.c.id)).all(), upto)
+
+
+def _arrays(rows, upto: int) -> StoredEvents:  # type: ignore[no-untyped-def]
     arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
     seq = np.fromiter((r[0] for r in rows), np.int64, len(rows))  # exact beyond 2**53
     return StoredEvents(upto, seq, arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64),
