@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         "avoids OpenMP oversubscription beside the consumer and writer threads",
     )
     settle_every: int = Field(
-        20_000, ge=1, description="events the live updater folds in fast (arrival order) "
+        5000, ge=1, description="events the live updater folds in fast (arrival order) "
         "before it settles them into the canonical order that makes the overlay the same "
         "for any number of ingest processes; it also settles whenever the stream pauses for "
         "a second. Larger: cheaper and fewer update pauses, longer between canonical states",
