@@ -5,7 +5,8 @@ Order of a batch, which is what makes the delivery contract hold:
 1. poll up to ``batch_size`` records (fewer when ``max_events`` is near);
 2. decode each; a bad one becomes a dead letter (never raised, never dropped);
 3. write events and dead letters in ONE database transaction (retried while the database
-   is down, never skipped); duplicates are recognised by ``event_id``;
+   is down, never skipped); duplicates are recognised by ``event_id``; a row the database
+   rejects for its content is split out and dead-lettered (:mod:`stream.poison`);
 4. forward dead letters to the dead-letter topic, if one is configured;
 5. hand the stored events to ``on_batch`` (the incremental updater);
 6. only then commit the offsets past the batch, explicitly, per partition.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
@@ -34,6 +35,7 @@ from store.graph import DeadLetter, GraphStore, WriteResult
 from stream.batch_writer import BatchWriter
 from stream.events import Event, InvalidEvent, decode_event
 from stream.lag import LagMeter
+from stream.poison import write_isolating
 from stream.producer import EventProducer
 from stream.rebalance import DrainOnRevoke, offset_metadata
 from stream.retry import RetryPolicy, Stopped
@@ -132,6 +134,8 @@ class DecodedBatch:
 
     events: list[Event] = field(default_factory=list)
     sources: list[tuple[int, int]] = field(default_factory=list)
+    origins: list[tuple[str, bytes | None]] = field(default_factory=list)
+    """(topic, raw value) of each event, to dead-letter one the database rejects."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     size: int = 0
@@ -145,6 +149,7 @@ def decode_records(records: dict[TopicPartition, list]) -> DecodedBatch:  # type
             try:
                 batch.events.append(decode_event(msg.value))
                 batch.sources.append((tp.partition, msg.offset))
+                batch.origins.append((tp.topic, msg.value))
             except InvalidEvent as exc:
                 batch.dead_letters.append(
                     DeadLetter(msg.value, exc.reason, tp.topic, tp.partition, msg.offset)
@@ -341,16 +346,27 @@ class IngestLoop:
 
     def _write(self, batch: DecodedBatch) -> WriteResult:
         """Writer thread: one transaction, dead-letter forwarding, then the update hook."""
-        result = self.retry.call(
-            lambda: self.store.write_batch(
-                batch.events, batch.dead_letters, offsets=batch.sources
-            ),
-            should_stop=lambda: self._stop,
+
+        def write(
+            events: Sequence[Event],
+            letters: Sequence[DeadLetter],
+            sources: Sequence[tuple[int, int]],
+        ) -> WriteResult:
+            return self.retry.call(
+                lambda: self.store.write_batch(events, letters, offsets=sources),
+                should_stop=lambda: self._stop,
+            )
+
+        result, rejected = write_isolating(
+            write, batch.events, batch.dead_letters, batch.sources, batch.origins
         )
-        if batch.dead_letters and self.dead_letter_producer is not None:
-            for d in batch.dead_letters:
+        letters = [*batch.dead_letters, *rejected]
+        if letters and self.dead_letter_producer is not None:
+            for d in letters:
                 source = f"{d.topic}/{d.partition}/{d.offset}".encode()
-                headers = [("error", d.error.encode()), ("source", source)]
+                # the reason may quote the poison itself: escape what UTF-8 cannot carry
+                headers = [("error", d.error.encode("utf-8", "backslashreplace")),
+                           ("source", source)]
                 self.dead_letter_producer.send_raw(d.raw, headers=headers)
             self.dead_letter_producer.flush()
         if self.on_batch is not None:
