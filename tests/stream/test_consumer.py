@@ -10,7 +10,8 @@ from kafka import TopicPartition
 from sqlalchemy import exc as sa_exc
 
 from store.graph import GraphStore
-from stream.consumer import IngestLoop, decode_records
+from stream.consumer import IngestLoop
+from stream.decoded import decode_records
 from stream.events import Event
 from stream.retry import RetryPolicy, Stopped
 
