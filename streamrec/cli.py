@@ -205,7 +205,7 @@ def ingest(
     from store.embeddings import EmbeddingStore
     from store.engine import WalCheckpointer
     from store.graph import GraphStore
-    from stream.consumer import IngestLoop, make_consumer
+    from stream.consumer import IngestLoop, join_timeout_s, make_consumer
     from stream.producer import EventProducer
 
     settings = _settings(
@@ -263,7 +263,7 @@ def ingest(
         max_events=max_events,
         idle_exit_s=idle_exit,
         dead_letter_producer=dlq,
-        join_grace_s=settings.kafka_max_poll_interval_ms / 1000 + 10,
+        join_grace_s=join_timeout_s(settings.kafka_max_poll_interval_ms),
         on_batch=on_batch,
         on_lag=None if metrics is None else metrics.set_lags,
     )

@@ -21,7 +21,7 @@ from rich.table import Table
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore, WriteResult
 from stream.broker import LocalBroker
-from stream.consumer import IngestLoop, IngestStats, make_consumer
+from stream.consumer import IngestLoop, IngestStats, join_timeout_s, make_consumer
 from stream.events import Event
 from stream.producer import EventProducer, ensure_topic
 from stream.synthetic import DAY, SyntheticStream, generate
@@ -80,7 +80,7 @@ def _ingest(
                              max_poll_interval_ms=cfg.max_poll_interval_ms)
     try:
         loop = IngestLoop(consumer, store, max_events=n, idle_exit_s=10.0, on_batch=on_batch,
-                          join_grace_s=cfg.max_poll_interval_ms / 1000 + 10)
+                          join_grace_s=join_timeout_s(cfg.max_poll_interval_ms))
         return loop.run()
     finally:
         consumer.close(autocommit=False)
