@@ -2,7 +2,10 @@
 
 The base model is fitted once (before the first window, like the stale base); before every
 later window the incremental updater folds the previous window's events into the node
-states, without refitting. Its cost is the updater's time only.
+states, without refitting. Its cost is the updater's time only. It runs the updater as
+``ingest --update`` does (:class:`streamrec.live.LiveUpdater`): the weights the retrain
+trained and published with the base, ``IncrementalUpdater`` on neighbour buffers of the
+base's events, the same defaults.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evaluation.ranking import fallback_, popularity
+from evaluation.ranking import fallback_
 from models.base import InteractionGraph, Recommender
 from models.incremental_updater import IncrementalUpdater
 from models.neighbour_buffer import NeighbourBuffer
@@ -24,12 +27,15 @@ class IncrementalApproach:
     Args:
         model: the base recommender, already fitted on ``trained_on``.
         trained_on: the history the base saw (everything before the first window).
-        updater: trained updater weights (default: the untrained module, which starts as
-            ROLAND's degree-weighted moving average).
-        num_neighbours: recent neighbours per node (default 20).
-        chunk: events per update call (default 500, like an ingest batch).
+        updater: the updater module, or the serialised weights a retrain publishes
+            (``FitOutcome.updater_state``, read by :meth:`TemporalUpdater.from_bytes` as
+            ingest reads them). (default: the untrained module, which starts as ROLAND's
+            degree-weighted moving average, as ingest uses for a version without weights)
+        num_neighbours: recent neighbours per node (default 20, ingest's).
+        chunk: events per update call (default 2000, ingest's batch size).
 
-    Users never seen in the history at all get the popularity fallback.
+    Users never seen in the history at all get ``model.cold_scores(history)``, what
+    ``recommend`` serves them.
 
     >>> g = InteractionGraph.from_arrays([0, 1], [0, 1], [1.0, 2.0], num_users=3, num_items=2)
     >>> class Const(Recommender):
@@ -47,19 +53,24 @@ class IncrementalApproach:
         model: Recommender,
         *,
         trained_on: InteractionGraph,
-        updater: TemporalUpdater | None = None,
+        updater: TemporalUpdater | bytes | None = None,
         num_neighbours: int = 20,
-        chunk: int = 500,
+        chunk: int = 2000,
     ) -> None:
         users, items = model.user_embeddings(), model.item_embeddings()
         if users.shape[1] < 2:
             raise ValueError("IncrementalApproach needs embeddings of dim >= 2")
+        if isinstance(updater, bytes):
+            updater = TemporalUpdater.from_bytes(updater)
         module = updater or TemporalUpdater(users.shape[1], seed=0)
+        self.trained = isinstance(updater, TemporalUpdater)
+        self.model = model
         buffer = NeighbourBuffer.from_graph(trained_on, num_neighbours)
         self._inc = IncrementalUpdater(users, items, module, buffer, device="cpu")
         self._fed_until = float(trained_on.ts.max()) if trained_on.num_edges else -np.inf
         self._known = np.bincount(trained_on.user, minlength=trained_on.num_users) > 0
-        self._popularity = popularity(trained_on)
+        self._cold = model.cold_scores(trained_on).detach().to("cpu", torch.float32)
+        self._num_items = trained_on.num_items
         self.chunk = chunk
 
     def prepare(self, history: InteractionGraph, window_start: float) -> None:
@@ -73,11 +84,12 @@ class IncrementalApproach:
             known[: len(self._known)] = self._known
             known[new.user] = True
             self._known = known
-        self._popularity = popularity(history)
+        self._cold = self.model.cold_scores(history).detach().to("cpu", torch.float32)
+        self._num_items = history.num_items
 
     def score(self, users: Tensor) -> Tensor:
         user_table, item_table = self._inc.user_embeddings(), self._inc.item_embeddings()
-        n_items = len(self._popularity)
+        n_items = self._num_items
         items = torch.zeros(n_items, item_table.shape[1])
         items[: min(n_items, len(item_table))] = item_table[:n_items].float().cpu()
         inside = users < len(user_table)
@@ -87,4 +99,4 @@ class IncrementalApproach:
         known = torch.from_numpy(self._known)
         cold = ~inside | (users >= len(known))
         cold[~cold] = ~known[users[~cold]]
-        return fallback_(scores, cold, self._popularity)
+        return fallback_(scores, cold, self._cold)
