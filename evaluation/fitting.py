@@ -91,9 +91,12 @@ def build_specs(
     factory: ModelFactory | None,
     kwargs: Mapping[str, Mapping[str, object]],
     seed: int,
+    *,
+    required: bool = True,
 ) -> list[ModelSpec]:
     """The evaluated models: names built by ``factory`` (``seed`` added when it takes one),
-    or unfitted instances (each fit works on a deep copy; ``epochs`` is set on the copy)."""
+    or unfitted instances (each fit works on a deep copy; ``epochs`` is set on the copy).
+    ``required=False`` allows none (a report of the baselines alone)."""
     if isinstance(models, str):
         raise TypeError(f"models must be a list of names or a dict, got the string {models!r}; "
                         f"use [{models!r}]")
@@ -108,7 +111,7 @@ def build_specs(
         names = list(models)
         if len(set(names)) != len(names):
             raise ValueError(f"model names repeat: {names}")
-        factory = factory or _default_factory()
+        factory = factory or (_default_factory() if names else None)
         for name in names:
             args = dict(kwargs.get(name, {}))
             if "seed" not in args and _takes_seed(factory, name):
@@ -116,7 +119,7 @@ def build_specs(
             make = _checked(factory, name)
             make(**args)  # fail on an unknown name or bad arguments before any fit
             specs.append(ModelSpec(name, make, args, "seed" in args))
-    if not specs:
+    if not specs and required:
         raise ValueError("no models to evaluate: give at least one")
     return specs
 

@@ -77,7 +77,8 @@ def run_evaluation(
         graph: the whole interaction stream, ``ts`` in epoch seconds.
         models: name -> unfitted :class:`Recommender`, or model names built by
             ``model_factory(name, **model_kwargs[name])``, with ``seed=seed`` added when
-            the model takes a seed (``model_info.<name>.seeded`` records it).
+            the model takes a seed (``model_info.<name>.seeded`` records it); may be
+            empty when ``baselines`` is on.
         model_factory: builds models from names. (default: ``models.make_model``)
         model_kwargs: extra constructor arguments per model name. (default: none)
         ks: cut-offs. (default: ``(10, 20, 50)``)
@@ -152,7 +153,7 @@ def run_evaluation(
     if fit_on not in ("train", "train+valid"):
         raise ValueError(f"fit_on must be 'train' or 'train+valid', got {fit_on!r}")
     split = temporal_split(graph, train_frac=train_frac, valid_frac=valid_frac, t1=t1, t2=t2)
-    specs = build_specs(models, model_factory, model_kwargs or {}, seed)
+    specs = build_specs(models, model_factory, model_kwargs or {}, seed, required=not baselines)
     clash = {s.name for s in specs} & set(BASELINE_NAMES.values()) if baselines else set()
     if clash:
         raise ValueError(f"model names {sorted(clash)} are taken by the baselines; rename them")
