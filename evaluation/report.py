@@ -124,7 +124,7 @@ def _document(r: dict, plots: list[str]) -> list[tuple]:
         doc.append(("table", ["model", "baseline", metric, "ratio", "difference",
                               f"difference {level} CI"],
                     [[name, "yes" if e["baseline"] else "", e["value"],
-                      None if e["ratio"] is None else f"{e['ratio']:.2f}x", e["difference"],
+                      _ratio(e["ratio"]), e["difference"],
                       e["difference_ci"]] for name, e in top["entries"].items()]))
         tuned = [f"**{n}**: {_baseline_choice(i)}" for n, i in info.items() if i.get("baseline")]
         doc.append(("ul", tuned))
@@ -162,10 +162,12 @@ def _document(r: dict, plots: list[str]) -> list[tuple]:
                              "before each window with their validated window and half-life; "
                              "+incremental runs the updater a retrain trains, as ingest "
                              "runs it."))
-        doc.append(("table", ["approach", f"recall@{sk}", f"ndcg@{sk}", f"hit@{sk}",
+        vs = f"vs {st['best_baseline']}" if st.get("best_baseline") else "vs best baseline"
+        doc.append(("table", ["approach", f"recall@{sk}", vs, f"ndcg@{sk}", f"hit@{sk}",
                               "prepare s", "score s", "compute s"],
-                    [[n, s.get(f"recall@{sk}"), s.get(f"ndcg@{sk}"), s.get(f"hit@{sk}"),
-                      s["prepare_seconds"], s["score_seconds"], s["compute_seconds"]]
+                    [[n, s.get(f"recall@{sk}"), _ratio(s.get("ratio_to_best_baseline")),
+                      s.get(f"ndcg@{sk}"), s.get(f"hit@{sk}"), s["prepare_seconds"],
+                      s["score_seconds"], s["compute_seconds"]]
                      for n, s in st["summary"].items()]))
     if plots:
         doc.append(("h2", "Plots"))
@@ -181,6 +183,10 @@ def _document(r: dict, plots: list[str]) -> list[tuple]:
     doc.append(("h2", "Environment"))
     doc.append(("ul", [f"{name} {version}" for name, version in run["versions"].items()]))
     return doc
+
+
+def _ratio(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}x"
 
 
 def _baseline_choice(info: dict) -> str:

@@ -215,6 +215,7 @@ def run_evaluation(
         stream["retrain"] = ("a full retrain of every model before each window" if
                              streaming_retrain else "off (opt-in: --streaming-retrain)")
         stream["approach_info"] = roles
+        _streaming_ratios(stream, roles)
         bar.update()
     bar.close()
     result = {
@@ -267,6 +268,21 @@ def _approaches(fitted: Mapping[str, FittedModel], tuned: Sequence[TunedBaseline
         add(f"{base.name} (refreshed)", RetrainApproach(base.make), model=base.name,
             kind="refreshed", baseline=True, days=base.days)
     return approaches, roles
+
+
+def _streaming_ratios(stream: dict, roles: Mapping[str, Mapping[str, object]]) -> None:
+    """Add each approach's ``ratio_to_best_baseline`` (pooled recall over the best refreshed
+    baseline's) to the streaming summary, and ``best_baseline``."""
+    key, summary = f"recall@{stream['k']}", stream["summary"]
+    scored = [n for n, role in roles.items() if role.get("baseline") and key in summary[n]]
+    if not scored:
+        return
+    best = max(scored, key=lambda n: summary[n][key])
+    stream["best_baseline"] = best
+    for values in summary.values():
+        if key in values:
+            ok = summary[best][key] > 0
+            values["ratio_to_best_baseline"] = values[key] / summary[best][key] if ok else None
 
 
 def _protocol(ks: Sequence[int], fit_on: str, head_fraction: float, activity_buckets: int,

@@ -105,3 +105,21 @@ def test_bad_arguments_fail_fast(graph):
         evaluate_streaming(graph, {"pop": PopularityApproach()}, start=100.0, window_seconds=0)
     with pytest.raises(RuntimeError, match="before prepare"):
         PopularityApproach().score(torch.tensor([0]))
+
+
+def test_a_long_test_period_gets_at_most_30_windows_and_says_so():
+    from evaluation.runner import run_evaluation
+
+    rng = np.random.default_rng(1)
+    n = 2000  # 8000 days of events: the test tenth spans ~800 days
+    ts = np.sort(rng.uniform(0, 8000 * 86_400.0, n))
+    graph = InteractionGraph.from_arrays(rng.integers(0, 50, n), rng.integers(0, 40, n), ts)
+    out = run_evaluation(graph, [], ks=(5,), n_bootstrap=5, progress=False)
+    st = out["streaming"]
+    assert st["n_windows"] == st["total_windows"] <= 30
+    assert st["window_seconds"] % 86_400.0 == 0 and st["window_seconds"] > 86_400.0
+    assert "windows (at most 30) span the test period" in st["window_policy"]
+    assert st["retrain"].startswith("off")
+    assert st["best_baseline"] in {"pop-alltime (refreshed)", "pop-recent (refreshed)",
+                                   "pop-decayed (refreshed)"}
+    assert st["summary"][st["best_baseline"]]["ratio_to_best_baseline"] == 1.0
