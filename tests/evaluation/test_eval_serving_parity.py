@@ -5,10 +5,12 @@ windows are chosen on validation only."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from evaluation.baselines import TrendingPopularity, list_recall
 from evaluation.incremental import IncrementalApproach
 from evaluation.protocol import EvaluationTask, evaluate_model, rank_users
 from evaluation.report import to_json
@@ -148,3 +150,15 @@ def test_the_tuned_windows_never_see_the_test_period(seed: int, test_seed: int,
     assert choice["pop-recent"]["window_days"] in (1, 2, 3, 7, 14, 28)
     assert choice["pop-decayed"]["half_life_days"] in (0.5, 1, 2, 3, 7, 14, 30)
     assert chosen(other) == choice
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 12))
+def test_the_fast_validation_recall_equals_evaluate_model(seed: int, k: int) -> None:
+    graph = _random_graph(seed)
+    task = EvaluationTask.from_periods(graph.before(30 * DAY), graph.subset(
+        graph.ts >= 30 * DAY))
+    model = TrendingPopularity("decayed", 2.0).fit(graph.before(30 * DAY))
+    slow = evaluate_model(model, task, ks=(k,), n_bootstrap=1, slices=False)
+    fast = list_recall(model.item_embeddings()[:, 0].numpy(), task, k)
+    assert fast == pytest.approx(slow.metrics[f"recall@{k}"], abs=1e-12)
