@@ -287,13 +287,14 @@ def _streaming_ratios(stream: dict, roles: Mapping[str, Mapping[str, object]]) -
 
 def _protocol(ks: Sequence[int], fit_on: str, head_fraction: float, activity_buckets: int,
               n_bootstrap: int, ci_level: float, seed: int) -> dict[str, object]:
-    history = ("events before t1 (early stopping on validation)" if fit_on == "train" else
-               "events before t2, for the epochs chosen on validation, as `streamrec "
-               "retrain` fits")
+    history = "events before t1" if fit_on == "train" else "events before t2"
+    how = ("the model fitted on train, early stopping on validation" if fit_on == "train"
+           else "epochs chosen on validation (fit on train, early stopping on validation), "
+           "then refitted on every event before t2 for them, as `streamrec retrain` fits")
     return {
         "ks": list(ks),
         "split": "global temporal: train [start, t1), validation [t1, t2), test [t2, end]",
-        "fit_on": f"{fit_on} ({history})",
+        "fit_on": f"{fit_on} ({history}): {how}",
         "recall_form": f"recall@K = {RECALL_FORM} (capped denominator)",
         "ndcg": "binary gains, log2(rank + 1) discount, ideal over min(|P|, K) positives",
         "mrr": "reciprocal rank of the first positive within the top K, else 0",
