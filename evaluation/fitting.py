@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 
 from evaluation.split import FitOn, TemporalSplit
 from models.base import Recommender
+
+log = logging.getLogger(__name__)
 
 #: builds an unfitted recommender from a name and keyword arguments (``seed`` among them)
 ModelFactory = Callable[..., Recommender]
@@ -74,14 +77,21 @@ def fit_protocol(spec: ModelSpec, split: TemporalSplit, fit_on: FitOn, *, seed: 
 
     ``fit_on="train"`` keeps the model fitted on train (early stopping on validation).
     """
-    from streamrec.retrain import fit_validated  # the retrain's own fit
+    from streamrec.retrain import FitOutcome, fit_validated, has_scorable_user
 
     if fit_on not in ("train", "train+valid"):
         raise ValueError(f"fit_on must be 'train' or 'train+valid', got {fit_on!r}")
     started = time.perf_counter()
-    outcome = fit_validated(spec.make, spec.kwargs, split.history("train+valid"), split.train,
-                            split.valid, seed=seed, progress=False,
-                            train_updater=train_updater, refit=fit_on == "train+valid")
+    if not has_scorable_user(split.train, split.valid):
+        # as a retrain without a usable validation window: the model's own epochs
+        log.warning("no validation user has an item unseen in train: %s is fitted without "
+                    "early stopping on %s", spec.name, fit_on)
+        model = spec.make(**spec.kwargs).fit(split.history(fit_on))
+        outcome = FitOutcome(model, {})
+    else:
+        outcome = fit_validated(spec.make, spec.kwargs, split.history("train+valid"), split.train,
+                                split.valid, seed=seed, progress=False,
+                                train_updater=train_updater, refit=fit_on == "train+valid")
     return FittedModel(spec, outcome.model, outcome.epochs, outcome.updater_state,
                        time.perf_counter() - started, outcome.metrics)
 

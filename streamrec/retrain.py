@@ -76,13 +76,13 @@ def split_for_validation(
         return graph, None
     t_split = float(np.quantile(graph.ts, 1.0 - fraction))
     train, valid = graph.subset(graph.ts < t_split), graph.subset(graph.ts >= t_split)
-    if train.num_edges == 0 or not _has_scorable_user(train, valid):
+    if train.num_edges == 0 or not has_scorable_user(train, valid):
         log.info("the validation window has no warm user with a new item; no validation")
         return graph, None
     return train, valid
 
 
-def _has_scorable_user(train: InteractionGraph, valid: InteractionGraph) -> bool:
+def has_scorable_user(train: InteractionGraph, valid: InteractionGraph) -> bool:
     """Whether some user of ``train`` has an item in ``valid`` they did not have in ``train``."""
     warm = np.isin(valid.user, train.user)
     seen = set(zip(train.user.tolist(), train.item.tolist(), strict=True))

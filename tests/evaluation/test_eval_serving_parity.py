@@ -162,3 +162,16 @@ def test_the_fast_validation_recall_equals_evaluate_model(seed: int, k: int) -> 
     slow = evaluate_model(model, task, ks=(k,), n_bootstrap=1, slices=False)
     fast = list_recall(model.item_embeddings()[:, 0].numpy(), task, k)
     assert fast == pytest.approx(slow.metrics[f"recall@{k}"], abs=1e-12)
+
+
+def test_a_validation_period_without_warm_users_fits_like_a_retrain_without_one() -> None:
+    graph = _stream(n=600)
+    t1, t2 = 1.6e9 + 400 * 600.0, 1.6e9 + 500 * 600.0
+    cold = (graph.ts >= t1) & (graph.ts < t2)  # validation: only users never seen before
+    user = np.where(cold, 40 + np.arange(graph.num_edges) % 5, graph.user)
+    g = InteractionGraph.from_arrays(user, graph.item, graph.ts, num_users=45,
+                                     num_items=graph.num_items)
+    out = run_evaluation(g, ["mf"], model_kwargs={"mf": MF}, t1=t1, t2=t2, ks=(5,),
+                         n_bootstrap=10, streaming=False, progress=False)
+    assert out["model_info"]["mf"]["epochs"] is None  # nothing chosen: the model's own
+    assert out["model_info"]["mf"]["hyper_parameters"]["epochs"] == MF["epochs"]
