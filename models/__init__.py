@@ -19,6 +19,7 @@ from models.neighbour_buffer import NeighbourBuffer
 from models.pinsage import PinSage, PinSageConv, PinSageEncoder
 from models.popularity import Popularity
 from models.random_walks import ItemWalker
+from models.trend import TrendRanker, TrendState
 from models.updater import TemporalUpdater
 
 MODELS: dict[str, type[Recommender]] = {
@@ -26,6 +27,7 @@ MODELS: dict[str, type[Recommender]] = {
     "pinsage": PinSage,
     "mf": MFBPR,
     "popularity": Popularity,
+    "trend": TrendRanker,
 }
 
 
@@ -90,4 +92,6 @@ __all__ = [
     "model_arguments",
     "make_negative_sampler",
     "resolve_device",
+    "TrendRanker",
+    "TrendState",
 ]

@@ -22,6 +22,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _SCORE_CELLS = 1 << 24  # bound on a numpy score block (queries x items): 64 MiB float32
+#: Most results one FAISS GPU search returns per query (``GPU_MAX_SELECTION_K``; FAISS raises
+#: for a larger k). The GPU index fetches at most this many; a row that needs more is answered
+#: by the exact brute force, like a row the over-fetch left short.
+GPU_MAX_K = 2048
 
 
 #: Results per probe query in the build-time recall check of the HNSW space.
@@ -63,6 +67,9 @@ class ItemIndex:
         max_overfetch: most extra candidates fetched to make room for exclusions; a row
             that needs more is answered by exact brute force (default: 2048).
         use_gpu: put the flat index on a GPU; None: when FAISS sees one (default: None).
+        max_fetch: most results asked of the FAISS index per search; None: unbounded on CPU,
+            :data:`GPU_MAX_K` on a GPU, or the index's own ``GPU_MAX_K`` when FAISS exposes
+            it (default: None). Requests beyond it are answered exactly by brute force.
 
     >>> index = ItemIndex(np.eye(3, dtype=np.float32), backend="numpy")
     >>> scores, ids = index.search(np.array([[1.0, 0.5, 0.0]]), k=2, exclude=[np.array([0])])
@@ -82,6 +89,7 @@ class ItemIndex:
         use_gpu: bool | None = None,
         probe_queries: np.ndarray | None = None,
         hnsw_space: str | None = None,
+        max_fetch: int | None = None,
     ) -> None:
         if backend not in ("faiss", "numpy"):
             raise ValueError(f"backend must be 'faiss' or 'numpy', got {backend!r}")
@@ -96,6 +104,9 @@ class ItemIndex:
         self._spaces = ("l2", "ip") if hnsw_space is None else (hnsw_space,)
         if ef_search < 1 or hnsw_m < 2 or max_overfetch < 0:
             raise ValueError("ef_search >= 1, hnsw_m >= 2 and max_overfetch >= 0 are required")
+        if max_fetch is not None and max_fetch < 2:
+            raise ValueError(f"max_fetch must be at least 2 (k + 1), got {max_fetch}")
+        self.max_fetch = max_fetch
         self.exact_threshold = exact_threshold
         self.ef_search = ef_search
         self.hnsw_m = hnsw_m
@@ -157,6 +168,8 @@ class ItemIndex:
             self._gpu_resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
             self.kind = "flat-gpu"
+            if self.max_fetch is None:
+                self.max_fetch = int(getattr(faiss, "GPU_MAX_SELECTION_K", GPU_MAX_K))
         index.add(self.items)
         return index
 
@@ -255,6 +268,12 @@ class ItemIndex:
         # updated items among the candidates are dropped (scored exactly below): fetch more
         longest += min(len(self._fresh), 4 * k)
         fetch = min(self._built, k + 1 + min(longest, self.max_overfetch))
+        if self.max_fetch is not None and fetch > self.max_fetch:
+            if k + 1 > self.max_fetch:
+                # the index cannot return enough (FAISS on GPU: k <= 2048): exact brute force
+                self._numpy_search(q, k, excluded, scores, ids)
+                return scores, ids
+            fetch = self.max_fetch  # rows that the exclusions leave short go exact below
         found_scores, found_ids = self._faiss_search(q, fetch)
         fresh = self._fresh
         if len(fresh):  # updated items: exact scores with their current vectors

@@ -1,11 +1,16 @@
-"""Records of retrain jobs started over the HTTP API, shared by every process on the store.
+"""The one retrain slot of a store and the record of every retrain, whoever starts it: the HTTP
+API (``POST /retrain``), the scheduler (``streamrec schedule``) and ``streamrec retrain``.
 
 ``retrain_jobs`` holds one row per job (status ``queued``/``running``/``succeeded``/``failed``,
 model, parameters, requested/started/finished times, the version it activated or the error,
 and the host and pid of the process that runs it). :meth:`RetrainJobStore.claim` inserts a
 ``running`` row only while no other job is live, atomically across processes: on SQLite the
 claim is one ``BEGIN IMMEDIATE`` write transaction, on PostgreSQL it holds a transaction-level
-advisory lock. So several API worker processes (or hosts) start at most one retrain at a time.
+advisory lock. So every process (or host) on the store starts at most one retrain at a time.
+The job's ``parameters`` carry its ``origin`` (``http``, ``cli``, ``scheduler: <reason>``), so
+a refused claim says who holds the slot. A job claimed by one process and run by another (the
+scheduler claims, its ``streamrec retrain`` child runs) is handed over with
+:meth:`RetrainJobStore.adopt`.
 
 A job that nobody finishes must not block retrains forever. The process running a job beats
 its ``heartbeat_at`` (every 10 s in :class:`streamrec.retrain_runner.RetrainRunner`); a
@@ -78,7 +83,8 @@ class RetrainJobBusy(RuntimeError):
     def __init__(self, job: RetrainJobRecord) -> None:
         super().__init__(f"retrain job {job.id} is still running (since "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(job.requested_at))}"
-                         f" UTC, pid {job.pid} on {job.host})")
+                         f" UTC, started by {job.origin}, model {job.model}, pid {job.pid} on "
+                         f"{job.host})")
         self.job = job
 
 
@@ -107,6 +113,11 @@ class RetrainJobRecord:
     @property
     def live(self) -> bool:
         return self.status in LIVE
+
+    @property
+    def origin(self) -> str:
+        """Who started it: ``http``, ``cli`` or ``scheduler: <reason>`` (``parameters``)."""
+        return str(self.parameters.get("origin", "http"))
 
 
 def this_host() -> str:
@@ -142,6 +153,8 @@ class RetrainJobStore:
     Traceback (most recent call last):
     ...
     store.retrain_jobs.RetrainJobBusy: retrain job j1 is still running ...
+    >>> jobs.adopt("j1", pid=os.getpid()).status
+    'running'
     >>> jobs.finish("j1", "succeeded", version_id=2, version="v2")
     >>> jobs.get("j1").status, jobs.get("j1").version, jobs.running() is None
     ('succeeded', 'v2', True)
@@ -200,6 +213,28 @@ class RetrainJobStore:
                 host=host, pid=pid))
         return RetrainJobRecord(job_id, model, "running", now, started_at=now, heartbeat_at=now,
                                 host=host, pid=pid, parameters=dict(parameters))
+
+    def adopt(self, job_id: str, *, host: str | None = None, pid: int | None = None,
+              now: float | None = None) -> RetrainJobRecord:
+        """Make the process ``(host, pid)`` (default: this one) the runner of the live job
+        ``job_id`` that another process claimed for it; its record.
+
+        Raises:
+            KeyError: no such job, or it is no longer live (finished, or marked abandoned).
+        """
+        now = time.time() if now is None else now
+        host = this_host() if host is None else host[:255]
+        pid = os.getpid() if pid is None else pid
+        t = retrain_jobs
+        with self._writer.begin() as conn:
+            res = conn.execute(update(t).where((t.c.id == job_id) & t.c.status.in_(LIVE))
+                               .values(host=host, pid=pid, heartbeat_at=now))
+        record = self.get(job_id, now=now)
+        if res.rowcount == 0 or record is None or not record.live:
+            state = "unknown" if record is None else record.status
+            raise KeyError(f"retrain job {job_id!r} cannot be adopted: it is {state}, not "
+                           "running (claim a new job instead)")
+        return record
 
     def heartbeat(self, job_id: str, *, now: float | None = None) -> bool:
         """Mark a live job as still running; False if it is no longer live."""

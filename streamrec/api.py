@@ -68,14 +68,21 @@ def create_app(
     metrics: Metrics | None = None,
     ann_backend: str = "faiss",
     fast_path: bool = True,
+    change_feed: bool = True,
 ) -> FastAPI:
     """The HTTP API over ``graph`` and ``embeddings``.
 
     Args:
-        retrain_token: bearer token that ``POST /retrain`` requires (None: retrain is off, 503).
+        retrain_token: bearer token that ``POST /retrain`` requires (None, empty or a
+            placeholder such as ``change-me``: retrain over HTTP is off, 503 with a message
+            that names ``STREAMREC_RETRAIN_TOKEN``).
         refresh_interval_s: how often the background thread looks for a new version, overlay
-            rows or events (the thread runs while the app's lifespan does; without it a
-            request refreshes lazily when the last check is older than this).
+            rows or events at the latest (the thread runs while the app's lifespan does;
+            without it a request refreshes lazily when the last check is older than this).
+        change_feed: the background thread also looks as soon as another process commits
+            to the store (:mod:`store.change_feed`: LISTEN/NOTIFY on PostgreSQL, a
+            ``data_version`` poll every 20 ms on a SQLite file), so an ingested event shows
+            in the answers within tens of milliseconds.
         metrics: the registry bundle to expose (default: a new one); pass the same one to the
             ingest loop when it runs in this process.
         ann_backend: of the query service, ``"faiss"`` or ``"numpy"``.
@@ -84,8 +91,11 @@ def create_app(
             False: FastAPI routes every request.
     """
     metrics = metrics if metrics is not None else Metrics()
+    retrain_token, token_problem = _usable_token(retrain_token)
+    if token_problem:
+        log.warning("POST /retrain is off: %s", token_problem)
     service = QueryService(graph, embeddings, ann_backend=ann_backend)
-    refresher = Refresher(service, refresh_interval_s, metrics)
+    refresher = Refresher(service, refresh_interval_s, metrics, change_feed=change_feed)
     runner = RetrainRunner(graph, embeddings, lambda: refresher.check_quietly())
     metrics.api.track_ages(
         lambda: refresher.served.activated_at if refresher.served else None,
@@ -168,8 +178,7 @@ def create_app(
                       ) -> RetrainJob:
         """Start a full retrain in the background (one at a time); poll ``/retrain/{job_id}``."""
         if not retrain_token:
-            raise HTTPException(503, "retrain over HTTP is disabled: no retrain token is "
-                                     "configured (set STREAMREC_RETRAIN_TOKEN)")
+            raise HTTPException(503, f"retrain over HTTP is disabled: {token_problem}")
         given = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(given.encode(), retrain_token.encode()):
             raise HTTPException(401, "missing or wrong bearer token",
@@ -208,6 +217,22 @@ def create_app(
         return Response(body, media_type=content_type)
 
     return app
+
+
+#: Tokens that a published example once carried: never accepted as the operator's own.
+PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme"})
+
+
+def _usable_token(token: str | None) -> tuple[str | None, str]:
+    """(the retrain token, "") or (None, why retrain over HTTP stays off)."""
+    token = (token or "").strip()
+    if not token:
+        return None, ("no retrain token is configured: set STREAMREC_RETRAIN_TOKEN (a long "
+                      "random string of your own) to enable it")
+    if token.lower() in PLACEHOLDER_TOKENS:
+        return None, (f"STREAMREC_RETRAIN_TOKEN is the placeholder {token!r}: set it to a "
+                      "long random string of your own (e.g. `openssl rand -hex 32`)")
+    return token, ""
 
 
 def _cutoff(value: float | str | None) -> float | None:

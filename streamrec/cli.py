@@ -322,23 +322,42 @@ def retrain(
     dim: Annotated[int | None, typer.Option(help="embedding dimension (model default 64)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     keep: Annotated[int, typer.Option(help="embedding versions to keep")] = 3,
+    job_id: Annotated[str | None, typer.Option(
+        hidden=True, help="run the retrain job the scheduler claimed for this process")] = None,
     store: StoreOpt = None,
 ) -> None:
     """Full retrain from the store snapshot; writes and activates a new embedding version.
 
-    A failed retrain leaves the previous version serving.
+    A failed retrain leaves the previous version serving. It takes the store's one retrain
+    slot (table retrain_jobs), as scheduled and HTTP retrains do: while another retrain runs
+    it exits with status 75 and says which.
     """
     from store.embeddings import EmbeddingStore
     from store.graph import GraphStore
+    from store.retrain_jobs import RetrainJobStore
     from streamrec.retrain import RetrainError, RetrainPlan
     from streamrec.retrain import retrain as run_retrain
+    from streamrec.retrain_runner import RetrainBusy, RetrainSlot
 
     settings = _settings(store=store)
     plan = RetrainPlan(model=model, cutoff=_parse_ts(cutoff), epochs=epochs, dim=dim, seed=seed,
                        keep=keep)
     graph = GraphStore(settings.store)
+    jobs = RetrainJobStore(graph.engine)
     try:
-        info = run_retrain(graph, EmbeddingStore(graph.engine), plan)
+        slot = (RetrainSlot.adopt(jobs, job_id) if job_id is not None else RetrainSlot.claim(
+            jobs, model, {"epochs": epochs, "dim": dim, "cutoff": plan.cutoff}, origin="cli"))
+    except RetrainBusy as exc:
+        console.print(f"[red]error:[/red] another retrain is running: {exc}; wait for it to "
+                      "finish and try again")
+        raise typer.Exit(75) from None
+    except KeyError as exc:  # --job-id of a job that is no longer live
+        console.print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(1) from None
+    try:
+        with slot:
+            info = run_retrain(graph, EmbeddingStore(graph.engine), plan)
+            slot.succeeded(info)
     except RetrainError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

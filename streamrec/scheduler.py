@@ -3,10 +3,13 @@ process, one at a time, and keeps each outcome in the ``scheduler_runs`` table.
 
 The schedule lives in an APScheduler SQLAlchemy job store (table ``scheduler_jobs`` of the
 store's database), so a restart keeps it and a run missed while the scheduler was down still
-fires within ``misfire_grace_s``. Each run claims a ``running`` row in ``scheduler_runs``
-first; a second run (cron, :meth:`RetrainScheduler.run_now` or an early trigger from the
-drift watcher, in this process or another one) is skipped while that row is live. The
-retrain itself guarantees that a failure leaves the old version serving.
+fires within ``misfire_grace_s``. Each run first claims the store's one retrain slot
+(:class:`~streamrec.retrain_runner.RetrainSlot`, table ``retrain_jobs``), the same slot that
+``POST /retrain`` and ``streamrec retrain`` take; the child process adopts that job, so a
+second retrain (cron, :meth:`RetrainScheduler.run_now`, an early trigger from the drift
+watcher, an HTTP or CLI retrain, in this process or another one) is refused while it runs and
+the run is recorded as ``skipped`` with the holder's description. The retrain itself
+guarantees that a failure leaves the old version serving.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -43,18 +48,18 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    text,
     update,
 )
 
 from store.embeddings import EmbeddingStore
 from store.engine import make_engine
+from store.retrain_jobs import RetrainJobStore
+from streamrec.retrain_runner import RetrainBusy, RetrainSlot
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "streamrec-retrain"
 EARLY_JOB_ID = "streamrec-retrain-early"
-_RUN_LOCK_KEY = 0x5EED_0003  # PostgreSQL advisory lock: claiming a run
 _ERROR_CHARS = 2000
 
 metadata = MetaData()
@@ -63,7 +68,7 @@ scheduler_runs = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("reason", String(200), nullable=False),
     Column("model", String(50), nullable=False),
-    Column("status", String(16), nullable=False),  # running | ok | failed
+    Column("status", String(16), nullable=False),  # running | ok | failed | skipped
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float),
     Column("seconds", Float),
@@ -124,20 +129,17 @@ def _runs_engine(url: str) -> Engine:
     return engine
 
 
-def _claim(engine: Engine, model: str, reason: str, stale_after_s: float) -> int | None:
-    """Insert a ``running`` row unless a live one exists (atomically); its id, or None."""
+def _record_start(engine: Engine, model: str, reason: str, status: str = "running",
+                  error: str | None = None) -> int:
+    """Insert this run's row in ``scheduler_runs`` (``running``, or ``skipped`` with the
+    reason in ``error``); its id."""
     now = time.time()
-    t = scheduler_runs
+    done = status != "running"
     with engine.execution_options(write_lock=True).begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _RUN_LOCK_KEY})
-        busy = conn.execute(
-            select(t.c.id).where((t.c.status == "running") & (t.c.started_at > now - stale_after_s))
-        ).first()
-        if busy is not None:
-            return None
-        row = conn.execute(insert(t).values(reason=reason[:200], model=model, status="running",
-                                            started_at=now, pid=os.getpid()))
+        row = conn.execute(insert(scheduler_runs).values(
+            reason=reason[:200], model=model, status=status, started_at=now, pid=os.getpid(),
+            error=None if error is None else error[:_ERROR_CHARS],
+            finished_at=now if done else None, seconds=0.0 if done else None))
         return int(row.inserted_primary_key[0])
 
 
@@ -155,10 +157,13 @@ def _finish(engine: Engine, run_id: int, outcome: dict[str, Any], keep_runs: int
 
 
 def retrain_command(store_url: str, model: str, *, epochs: int | None = None,
-                    dim: int | None = None) -> list[str]:
-    """The argv of the child process: ``python -m streamrec.cli retrain ...``."""
+                    dim: int | None = None, job_id: str | None = None) -> list[str]:
+    """The argv of the child process: ``python -m streamrec.cli retrain ...`` (with
+    ``--job-id``: the child adopts that claimed retrain job)."""
     argv = [sys.executable, "-m", "streamrec.cli", "retrain", "--model", model,
             "--store", store_url]
+    if job_id is not None:
+        argv += ["--job-id", job_id]
     if epochs is not None:
         argv += ["--epochs", str(epochs)]
     if dim is not None:
@@ -168,21 +173,20 @@ def retrain_command(store_url: str, model: str, *, epochs: int | None = None,
 
 def run_retrain_job(store_url: str, model: str, *, epochs: int | None = None,
                     dim: int | None = None, reason: str = "cron", timeout_s: float | None = None,
-                    keep_runs: int = 100, stale_after_s: float = 86_400.0) -> dict[str, Any]:
+                    keep_runs: int = 100) -> dict[str, Any]:
     """Run one retrain in a child process and record its outcome; the scheduler's job.
 
     Module-level so the SQLAlchemy job store can pickle a reference to it. Returns the
     outcome: ``{"status": "ok"|"failed"|"skipped", "version", "seconds", "exit_code",
-    "error", "reason", "model", "run_id"}``; ``skipped`` (nothing recorded) when another
-    retrain of this store is running.
+    "error", "reason", "model", "run_id", "job_id"}``; ``skipped`` (``error`` names the job
+    that holds the slot) when another retrain of this store is running, whoever started it.
     """
     global _inflight
     with _inflight_cv:
         _inflight += 1
     try:
         return _run_retrain_job(store_url, model, epochs=epochs, dim=dim, reason=reason,
-                                timeout_s=timeout_s, keep_runs=keep_runs,
-                                stale_after_s=stale_after_s)
+                                timeout_s=timeout_s, keep_runs=keep_runs)
     finally:
         with _inflight_cv:
             _inflight -= 1
@@ -190,29 +194,43 @@ def run_retrain_job(store_url: str, model: str, *, epochs: int | None = None,
 
 
 def _run_retrain_job(store_url: str, model: str, *, epochs: int | None, dim: int | None,
-                     reason: str, timeout_s: float | None, keep_runs: int,
-                     stale_after_s: float) -> dict[str, Any]:
+                     reason: str, timeout_s: float | None, keep_runs: int) -> dict[str, Any]:
     engine = _runs_engine(store_url)
     try:
-        run_id = _claim(engine, model, reason, stale_after_s)
-        if run_id is None:
-            log.warning("retrain (%s) skipped: another retrain of this store is running", reason)
+        try:
+            slot = RetrainSlot.claim(RetrainJobStore(engine), model,
+                                     {"epochs": epochs, "dim": dim, "cutoff": None},
+                                     origin=f"scheduler: {reason}"[:200])
+        except RetrainBusy as exc:
+            error = f"another retrain is running: {exc}"
+            log.warning("retrain (%s) skipped: %s", reason, error)
+            run_id = _record_start(engine, model, reason, status="skipped", error=error)
             return {"status": "skipped", "version": None, "seconds": 0.0, "exit_code": None,
-                    "error": "another retrain is running", "reason": reason, "model": model,
-                    "run_id": None}
-        log.info("retrain %d (%s, model %s) started", run_id, reason, model)
-        versions = EmbeddingStore(engine)
-        before = versions.active_version()
-        outcome = _run_child(retrain_command(store_url, model, epochs=epochs, dim=dim),
-                             timeout_s)
-        after = versions.active_version()
-        if outcome["version"] is None and after is not None and (
-                before is None or after.id != before.id):
-            # e.g. stopped between activation and its report: the new version does serve
-            outcome["version"] = after.name
-            outcome["error"] = f"{outcome['error']}\n({after.name} was activated nonetheless)"
-        outcome.update(reason=reason, model=model, run_id=run_id)
-        _finish(engine, run_id, outcome, keep_runs)
+                    "error": error, "reason": reason, "model": model, "run_id": run_id,
+                    "job_id": None}
+        with _finishing(slot):
+            run_id = _record_start(engine, model, reason)
+            log.info("retrain %d (%s, model %s, job %s) started", run_id, reason, model,
+                     slot.job_id)
+            versions = EmbeddingStore(engine)
+            before = versions.active_version()
+            outcome = _run_child(retrain_command(store_url, model, epochs=epochs, dim=dim,
+                                                 job_id=slot.job_id), timeout_s)
+            after = versions.active_version()
+            if outcome["version"] is None and after is not None and (
+                    before is None or after.id != before.id):
+                # e.g. stopped between activation and its report: the new version does serve
+                outcome["version"] = after.name
+                outcome["error"] = f"{outcome['error']}\n({after.name} was activated nonetheless)"
+            if outcome["version"] is not None:
+                version_id = after.id if after is not None and after.name == outcome["version"] \
+                    else None
+                slot.outcome = {"status": "succeeded", "version": outcome["version"],
+                                "version_id": version_id}
+            else:
+                slot.failed(outcome["error"] or "the retrain process failed")
+            outcome.update(reason=reason, model=model, run_id=run_id, job_id=slot.job_id)
+            _finish(engine, run_id, outcome, keep_runs)
     finally:
         engine.dispose()
     if outcome["status"] == "ok":
@@ -223,6 +241,20 @@ def _run_retrain_job(store_url: str, model: str, *, epochs: int | None, dim: int
                   "serving: %s", run_id, outcome["exit_code"], outcome["seconds"], reason,
                   outcome["error"])
     return outcome
+
+
+@contextmanager
+def _finishing(slot: RetrainSlot) -> Iterator[RetrainSlot]:
+    """Hold ``slot`` (heartbeat) while the child runs; afterwards record the outcome unless
+    the child, which adopted the job, did (it died, or never got that far)."""
+    slot.start()
+    try:
+        yield slot
+    except BaseException as exc:
+        slot.failed(f"the scheduler failed while the retrain ran: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        slot.finish_unless_recorded()
 
 
 def _run_child(argv: list[str], timeout_s: float | None) -> dict[str, Any]:
@@ -321,6 +353,7 @@ class RetrainScheduler:
         self.trigger = (IntervalTrigger(seconds=interval_s, timezone=timezone)
                         if interval_s is not None else parse_cron(cron, timezone))
         self._engine = _runs_engine(store_url)
+        self._jobs = RetrainJobStore(self._engine)
         self._jobs_engine = (self._engine if self.jobstore_url == store_url
                              else make_engine(self.jobstore_url))
         self._scheduler = BackgroundScheduler(
@@ -341,11 +374,7 @@ class RetrainScheduler:
     def _job_kwargs(self, reason: str) -> dict[str, Any]:
         return {"store_url": self.store_url, "model": self.model, "epochs": self.epochs,
                 "dim": self.dim, "reason": reason, "timeout_s": self.timeout_s,
-                "keep_runs": self.keep_runs, "stale_after_s": self._stale_after_s}
-
-    @property
-    def _stale_after_s(self) -> float:
-        return self.timeout_s + 60 if self.timeout_s is not None else 86_400.0
+                "keep_runs": self.keep_runs}
 
     def start(self) -> None:
         """Start the schedule in the background; a stored job with the same trigger and
@@ -406,13 +435,9 @@ class RetrainScheduler:
         return run_retrain_job(**self._job_kwargs(reason))
 
     def retrain_running(self) -> bool:
-        """Whether some process is running a retrain of this store now."""
-        t = scheduler_runs
-        with self._engine.connect() as conn:
-            row = conn.execute(select(t.c.id).where(
-                (t.c.status == "running") & (t.c.started_at > time.time() - self._stale_after_s)
-            )).first()
-        return row is not None
+        """Whether some process holds this store's retrain slot now (a scheduled, HTTP or
+        CLI retrain)."""
+        return self._jobs.running() is not None
 
     def trigger_early(self, reason: str) -> bool:
         """Ask for a retrain now (the drift watcher's callback); False when one is running.

@@ -133,3 +133,46 @@ def test_streamrec_services_wait_for_postgres_and_share_settings(
     assert env["STREAMREC_BOOTSTRAP"] == "kafka:9092"
     assert service["command"][:2] == ["streamrec", {"ingest": "ingest", "scheduler": "schedule",
                                                     "api": "serve"}[name]]
+
+
+def test_no_retrain_token_ships_with_the_file() -> None:
+    """POST /retrain is enabled only by a token the operator sets: no default anywhere."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "change-me" not in text
+    assert "${STREAMREC_RETRAIN_TOKEN:-}" in text or "${STREAMREC_RETRAIN_TOKEN}" in text, (
+        "the api service must take STREAMREC_RETRAIN_TOKEN from the operator's environment")
+
+
+def test_api_token_is_the_operators_own(compose: dict[str, Any]) -> None:
+    env = _service(compose, "api")["environment"]
+    assert str(env.get("STREAMREC_RETRAIN_TOKEN", "")).strip() in (
+        "${STREAMREC_RETRAIN_TOKEN:-}", "${STREAMREC_RETRAIN_TOKEN}")
+
+
+def _host_ports(entry: Any) -> tuple[int, int] | None:
+    """(first, last) host port of a ``ports`` entry published on a fixed host port range, or
+    None when Docker picks the host port. Variables are read at their defaults."""
+    import re
+
+    if isinstance(entry, dict):  # long syntax
+        published = entry.get("published")
+        spec = None if published is None else f"{published}:{entry.get('target')}"
+    else:
+        spec = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(entry))
+    if spec is None or ":" not in spec:
+        return None
+    host = spec.rsplit(":", 1)[0].rsplit(":", 1)[-1]  # drop an "ip:" prefix
+    lo, _, hi = host.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def test_api_scales_without_host_port_clashes(compose: dict[str, Any]) -> None:
+    """`docker compose up --scale api=2` needs a host port per replica: none fixed, or a
+    range of at least two."""
+    api = _service(compose, "api")
+    assert "container_name" not in api, "a fixed container_name cannot be scaled"
+    for entry in api.get("ports", []):
+        ports = _host_ports(entry)
+        assert ports is None or ports[1] - ports[0] >= 1, (
+            f"api publishes one fixed host port ({entry!r}): a second replica clashes; "
+            "publish a range ('8000-8009:8000') or let Docker choose ('8000')")

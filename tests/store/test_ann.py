@@ -191,3 +191,52 @@ def test_hnsw_keeps_the_space_that_recalls_more() -> None:
         ItemIndex(items, exact_threshold=100, probe_queries=queries[:, :3])
     with pytest.raises(ValueError, match="hnsw_space"):
         ItemIndex(items, hnsw_space="cosine")
+
+
+class _GpuLimited:
+    """A FAISS index that rejects searches beyond ``limit`` results per query, as FAISS on a
+    GPU does beyond k = 2048 (``GPU_MAX_SELECTION_K``); records the k it was asked for."""
+
+    def __init__(self, index, limit: int) -> None:  # type: ignore[no-untyped-def]
+        self.index, self.limit, self.asked = index, limit, []
+
+    def search(self, q, k, **kwargs):  # type: ignore[no-untyped-def]
+        self.asked.append(k)
+        if k > self.limit:
+            raise RuntimeError(f"Error: 'k <= GPU_MAX_SELECTION_K' failed: k={k}")
+        return self.index.search(q, k, **kwargs)
+
+
+@pytest.mark.parametrize("k", [5, 63, 64, 100])
+@pytest.mark.parametrize("fresh", [False, True])
+def test_fetch_is_capped_at_the_gpu_limit(k: int, fresh: bool) -> None:
+    """Exclusions and fresh items make the index over-fetch up to k + 1 + 2048; with a
+    (fake, 64) GPU limit every search stays within it and the answers stay exact."""
+    pytest.importorskip("faiss")
+    items, queries = _data(items=500, queries=12)
+    rng = np.random.default_rng(3)
+    index = ItemIndex(items, max_fetch=64)
+    assert index.kind == "flat"
+    limited = _GpuLimited(index._index, 64)
+    index._index = limited
+    current = items
+    if fresh:
+        moved = rng.choice(len(items), 40, replace=False)
+        vectors = 3 * rng.standard_normal((40, items.shape[1])).astype(np.float32)
+        index = index.updated(moved, vectors)
+        current = index.items
+    exclude = [rng.choice(len(items), int(n), replace=False) for n in rng.integers(0, 120, 12)]
+    got_scores, got_ids = index.search(queries, k, exclude=exclude)
+    ref_scores, ref_ids = ItemIndex(current, backend="numpy").search(queries, k, exclude=exclude)
+    np.testing.assert_array_equal(got_ids, ref_ids)
+    np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert all(asked <= 64 for asked in limited.asked)
+
+
+def test_max_fetch_defaults_to_the_gpu_limit_only_on_a_gpu() -> None:
+    pytest.importorskip("faiss")
+    items, _ = _data(items=50)
+    assert ItemIndex(items).max_fetch is None  # a CPU flat index has no limit
+    assert ann.GPU_MAX_K == 2048
+    with pytest.raises(ValueError, match="max_fetch"):
+        ItemIndex(items, max_fetch=1)

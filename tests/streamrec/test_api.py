@@ -188,7 +188,21 @@ def test_retrain_auth(stores, client: TestClient) -> None:
     graph, embeddings = stores
     closed = TestClient(create_app(graph, embeddings))  # no token configured
     res = closed.post("/retrain", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert res.status_code == 503 and "token" in res.json()["detail"]
+    assert res.status_code == 503 and "STREAMREC_RETRAIN_TOKEN" in res.json()["detail"]
+
+
+@pytest.mark.parametrize("token", ["", "   ", "change-me"])
+def test_retrain_stays_off_without_the_operators_own_token(stores, token: str) -> None:
+    """An empty token (compose's ``${STREAMREC_RETRAIN_TOKEN:-}`` when unset) or the old
+    published placeholder never enables retrain; the queries are served all the same."""
+    graph, embeddings = stores
+    with TestClient(create_app(graph, embeddings, retrain_token=token,
+                               ann_backend="numpy")) as closed:
+        res = closed.post("/retrain", json={"model": "popularity"},
+                          headers={"Authorization": f"Bearer {token}"})
+        assert res.status_code == 503, res.text
+        assert "STREAMREC_RETRAIN_TOKEN" in res.json()["detail"]
+        assert closed.get("/users/a1/recommendations").status_code == 200
 
 
 def test_retrain_runs_in_background(client: TestClient) -> None:
@@ -284,6 +298,10 @@ def test_overlay_applies_at_once_rebuilds_are_spaced_versions_are_not(stores) ->
     embeddings.write_overlay(1, "item", items, np.ones((len(items), 8)), time.time())
     assert refresher.check() is True and service.index_fresh_share == 1.0
     assert refresher.check() is False and service.served.index.fresh_share == 1.0
+    # while the rebuild waits, newer overlay rows are still served at once
+    embeddings.write_overlay(1, "user", np.array([1]), 2 * np.ones((1, 8)), time.time() + 1)
+    assert refresher.check() is True and (service.served.snapshot.users[1] == 2.0).all()
+    assert service.served.index.fresh_share == 1.0  # not rebuilt yet
     refresher.reload_s = 0.0
     assert refresher.check() is True and service.index_fresh_share == 0.0  # rebuilt
     assert _retrain(graph, embeddings, "popularity") == "v2"

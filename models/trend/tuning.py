@@ -1,0 +1,193 @@
+"""Choosing the trend-aware ranker's parameters on a validation window.
+
+The search is staged, each stage keeping the best Recall@K so far: the trend term's
+half-lives and blend first (it ranks every user, cold ones included), then the weight of
+the co-visitation term, then the weight of the base embeddings. Only the validation events
+are scored; nothing after them is read.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from models.base import InteractionGraph
+from models.trend.scoring import DAY, TrendParams, covis_scores, standardised
+from models.trend.state import TrendState
+
+#: the grids searched by default (half-lives in days)
+SHORT_HALF_LIVES_DAYS = (0.5, 1.0, 2.0, 3.0)
+LONG_HALF_LIVES_DAYS = (7.0, 14.0, 30.0, math.inf)
+LONG_WEIGHTS = (0.0, 0.15, 0.3)
+COVIS_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+EMBEDDING_WEIGHTS = (0.0, 0.05, 0.1, 0.2)
+
+
+class ValidationTask:
+    """Validation users, their positives and masks, scored at Recall@K.
+
+    Args:
+        history: the events the state was built from (masked for every user).
+        valid: the later events; a user's positives are their items not in ``history``.
+        k: the cut-off. (default: ``20``)
+        max_users: at most this many users, drawn with ``seed``. (default: ``5000``)
+        seed: seed of that draw. (default: ``0``)
+    """
+
+    def __init__(self, history: InteractionGraph, valid: InteractionGraph, *, k: int = 20,
+                 max_users: int = 5000, seed: int = 0) -> None:
+        n_items = max(history.num_items, valid.num_items)
+        seen_keys = np.unique(history.user * n_items + history.item)
+        keys = np.unique(valid.user * n_items + valid.item)
+        keys = keys[~np.isin(keys, seen_keys)]
+        users = np.unique(keys // n_items)
+        if len(users) > max_users:
+            users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+            keys = keys[np.isin(keys // n_items, users)]
+        self.users, self.k, self.num_items = users, k, n_items
+        self.pos_user = np.searchsorted(users, keys // n_items)
+        self.pos_item = keys % n_items
+        self.n_pos = np.bincount(self.pos_user, minlength=len(users))
+        in_hist = np.isin(history.user, users)
+        self.seen_row = np.searchsorted(users, history.user[in_hist])
+        self.seen_item = history.item[in_hist]
+        self.t = float(history.ts.max()) if history.num_edges else 0.0
+
+    def recall(self, scores: np.ndarray) -> float:
+        """Mean Recall@K = |P ∩ top-K| / min(|P|, K) of ``scores`` ``[U, I]`` (modified)."""
+        return float(np.mean(self.per_user(scores)))
+
+    def per_user(self, scores: np.ndarray) -> np.ndarray:
+        """float64 ``[U]`` Recall@K of every user of :attr:`users`, seen items masked
+        (``scores`` is modified)."""
+        scores[self.seen_row, self.seen_item] = -np.inf
+        k = min(self.k, scores.shape[1] - 1)
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        hit = np.zeros(scores.shape, dtype=bool)
+        hit[np.arange(len(top))[:, None], top] = True
+        hits = np.bincount(self.pos_user, weights=hit[self.pos_user, self.pos_item],
+                           minlength=len(self.users))
+        return hits / np.minimum(self.n_pos, self.k)
+
+
+@dataclass
+class ValidationStep:
+    """One ranking moment of the validation walk: the users scored, the trend term's
+    ``log(c_h + smoothing)`` rows per half-life (``inf``: all-time), the co-visitation term
+    ``[U, I]`` and the base's standardised inner products ``[U, I]`` (or ``None``)."""
+
+    task: ValidationTask
+    log_counts: dict[float, np.ndarray]
+    covis: np.ndarray
+    z: np.ndarray | None
+
+
+def validation_steps(
+    state: TrendState,
+    history: InteractionGraph,
+    valid: InteractionGraph,
+    *,
+    half_lives: Sequence[float],
+    horizon: float | None = None,
+    base_dots: Callable[[np.ndarray], np.ndarray] | None = None,
+    k: int = 20,
+    max_users: int = 5000,
+    seed: int = 0,
+    smoothing: float = 0.1,
+) -> list[ValidationStep]:
+    """Walk ``valid`` as the service would: rank at the start of every ``horizon``
+    seconds (``None``: once, at its start) with the state of every earlier event, score
+    that step's events, then apply them. ``state`` (built on ``history``) is not modified."""
+    if valid.num_edges == 0:
+        return []
+    start, end = float(valid.ts.min()), float(valid.ts.max())
+    bounds = [start] if horizon is None else list(np.arange(start, end, horizon))
+    bounds.append(np.inf)
+    state = copy.deepcopy(state)
+    n_items = max(history.num_items, valid.num_items)
+    steps = []
+    for lo, hi in itertools.pairwise(bounds):
+        past = _concat(history, valid.subset(valid.ts < lo))
+        task = ValidationTask(past, valid.subset((valid.ts >= lo) & (valid.ts < hi)), k=k,
+                              max_users=max_users, seed=seed)
+        if len(task.users):
+            t = task.t
+            pad = n_items - state.num_items
+            decayed = state.decayed(t)
+            table = {h: np.log(np.pad(decayed[state.half_lives.index(h)], (0, pad)) + smoothing)
+                     for h in half_lives}
+            table[math.inf] = np.log(np.pad(state.counts, (0, pad)) + smoothing)
+            covis = np.pad(covis_scores(state, TrendParams(0, 0, 0, 0), task.users),
+                           ((0, 0), (0, pad)))
+            z = None
+            if base_dots is not None:
+                dots = standardised(base_dots(task.users))
+                z = np.pad(dots, ((0, 0), (0, n_items - dots.shape[1])))
+            steps.append(ValidationStep(task, table, covis, z))
+        new = (valid.ts >= lo) & (valid.ts < hi)
+        state.update(valid.user[new], valid.item[new], valid.ts[new])
+    return steps
+
+
+def tune(
+    steps: Sequence[ValidationStep],
+    *,
+    short_half_lives: Sequence[float] = tuple(h * DAY for h in SHORT_HALF_LIVES_DAYS),
+    long_half_lives: Sequence[float] = tuple(h * DAY for h in LONG_HALF_LIVES_DAYS),
+    long_weights: Sequence[float] = LONG_WEIGHTS,
+    covis_weights: Sequence[float] = COVIS_WEIGHTS,
+    embedding_weights: Sequence[float] = EMBEDDING_WEIGHTS,
+) -> tuple[TrendParams, dict[str, float]]:
+    """The parameters with the best Recall@K pooled over every (step, user) pair, and the
+    validation recall of each stage's winner (``valid_recall_trend``, ``_covis``,
+    ``_embedding``)."""
+    if not steps:
+        raise ValueError("no validation step has a user with an unseen item")
+
+    def pooled(params: TrendParams) -> float:
+        values = []
+        for step in steps:
+            trend = (1 - params.long_weight) * step.log_counts[params.short_half_life]
+            if params.long_weight:
+                trend = trend + params.long_weight * step.log_counts[params.long_half_life]
+            scores = np.tile(trend, (len(step.task.users), 1))
+            if params.covis_weight:
+                scores += params.covis_weight * step.covis
+            if params.embedding_weight and step.z is not None:
+                scores += params.embedding_weight * step.z
+            values.append(step.task.per_user(scores))
+        return float(np.concatenate(values).mean())
+
+    best: tuple[float, TrendParams] | None = None
+    for short, long, w in itertools.product(short_half_lives, long_half_lives, long_weights):
+        if w == 0 and long != long_half_lives[0]:
+            continue  # the long half-life plays no part at weight 0
+        candidate = TrendParams(short, long, w, 0.0)
+        value = pooled(candidate)
+        if best is None or value > best[0]:
+            best = (value, candidate)
+    assert best is not None
+    report = {"valid_recall_trend": best[0]}
+    stages = [("covis_weight", covis_weights, "valid_recall_covis")]
+    if steps[0].z is not None:
+        stages.append(("embedding_weight", embedding_weights, "valid_recall_embedding"))
+    for field_name, grid, key in stages:
+        for weight in grid:
+            candidate = replace(best[1], **{field_name: weight})
+            value = pooled(candidate)
+            if value > best[0]:
+                best = (value, candidate)
+        report[key] = best[0]
+    return best[1], report
+
+
+def _concat(a: InteractionGraph, b: InteractionGraph) -> InteractionGraph:
+    return InteractionGraph.from_arrays(
+        np.concatenate([a.user, b.user]), np.concatenate([a.item, b.item]),
+        np.concatenate([a.ts, b.ts]), np.concatenate([a.weight, b.weight]),
+        num_users=max(a.num_users, b.num_users), num_items=max(a.num_items, b.num_items))
