@@ -21,7 +21,7 @@ from evaluation.baselines import NAMES as BASELINE_NAMES
 from evaluation.baselines import TunedBaseline, tune_baselines
 from evaluation.fitting import FittedModel, ModelFactory, build_specs, fit_protocol
 from evaluation.headline import headline
-from evaluation.incremental import IncrementalApproach
+from evaluation.incremental import IncrementalApproach, StatefulApproach
 from evaluation.protocol import EvaluationTask, evaluate_model
 from evaluation.report import headline_k, to_json, write_report
 from evaluation.split import FitOn, temporal_split
@@ -99,8 +99,9 @@ def run_evaluation(
             half-life chosen on validation) and the ratio headline. (default: ``True``)
         streaming: run the window-by-window comparison. (default: ``True``)
         streaming_approaches: approaches to compare. (default: every model as a stale
-            base and as the base plus incremental updates (embedding models, with the
-            updater a retrain trains), the baselines refreshed before each window, and,
+            base and as the base plus incremental updates (embedding models: the updater a
+            retrain trains; models with ``update(users, items, ts)``: their own per-event
+            state), the baselines refreshed before each window, and,
             with ``streaming_retrain``, a full retrain of every model before each window)
         streaming_retrain: include the per-window full retrain of every model (the costly
             reference; opt-in). (default: ``False``)
@@ -256,7 +257,11 @@ def _approaches(fitted: Mapping[str, FittedModel], tuned: Sequence[TunedBaseline
     for name, fit in fitted.items():
         add(f"{name} (stale)", StaleApproach(fit.model, trained_on=history), model=name,
             kind="stale", baseline=False)
-        if fit.model.user_embeddings().shape[1] >= 2:
+        if callable(getattr(fit.model, "update", None)):  # its own per-event state
+            add(f"{name} (+incremental)", StatefulApproach(fit.model, trained_on=history),
+                model=name, kind="incremental", baseline=False, updater="model.update")
+        elif (type(fit.model).score is Recommender.score
+              and fit.model.user_embeddings().shape[1] >= 2):
             add(f"{name} (+incremental)", IncrementalApproach(
                 fit.model, trained_on=history, updater=fit.updater_state), model=name,
                 kind="incremental", baseline=False,

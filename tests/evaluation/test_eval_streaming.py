@@ -123,3 +123,27 @@ def test_a_long_test_period_gets_at_most_30_windows_and_says_so():
     assert st["best_baseline"] in {"pop-alltime (refreshed)", "pop-recent (refreshed)",
                                    "pop-decayed (refreshed)"}
     assert st["summary"][st["best_baseline"]]["ratio_to_best_baseline"] == 1.0
+
+
+class Stateful(Counting):
+    """Counts kept fresh per event by ``update``, scored by its own ``score``."""
+
+    def update(self, users, items, ts):
+        self.counts = self.counts + torch.from_numpy(
+            np.bincount(items, minlength=len(self.counts)))
+
+    def score(self, users):
+        return self.counts.float().expand(len(users), -1)
+
+
+def test_a_model_with_per_event_state_streams_through_its_own_update(graph):
+    from evaluation.incremental import StatefulApproach
+
+    model = Stateful().fit(graph.before(100.0))
+    fresh = StatefulApproach(model, trained_on=graph.before(100.0))
+    out = evaluate_streaming(graph, {"stale": StaleApproach(model, trained_on=graph.before(
+        100.0)), "fresh": fresh}, start=100.0, window_seconds=100.0, k=1)
+    # as the refreshed counts above: window 2 sends u0 to item 2 (a hit), the stale base to 3
+    assert out["windows"][1]["results"]["fresh"]["recall@1"] == 1.0
+    assert out["windows"][1]["results"]["stale"]["recall@1"] == 0.5
+    assert model.counts.tolist() == [2, 1, 0, 1]  # the stale base was not touched
