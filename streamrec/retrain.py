@@ -17,6 +17,8 @@ import numpy as np
 
 from models import make_model, model_arguments
 from models.base import InteractionGraph, Recommender
+from models.trend import TrendRanker
+from models.trend.ranker import DEFAULT_BASE
 from store.embeddings import EmbeddingStore, VersionInfo
 from store.graph import GraphStore
 
@@ -65,7 +67,17 @@ class RetrainPlan:
             "epochs": self.epochs, "embedding_dim": self.dim, "seed": self.seed,
             "progress": self.progress, **self.extra,
         }
-        return {k: v for k, v in wanted.items() if v is not None and k in accepted}
+        kwargs = {k: v for k, v in wanted.items() if v is not None and k in accepted}
+        if "base_kwargs" in accepted:  # a ranker over a base model: --epochs/--dim are its
+            base = kwargs.get("base", DEFAULT_BASE)
+            if base is not None:
+                base_accepted = set(model_arguments(str(base)))
+                own = {"epochs": self.epochs, "embedding_dim": self.dim,
+                       "progress": self.progress}
+                kwargs["base_kwargs"] = {
+                    **{k: v for k, v in own.items() if v is not None and k in base_accepted},
+                    **dict(self.extra.get("base_kwargs", {}))}  # type: ignore[arg-type]
+        return kwargs
 
 
 def split_for_validation(
@@ -139,6 +151,9 @@ def fit_validated(
     the retrain's. ``refit=False`` serves the model fitted on train (no refit)."""
     metrics: dict[str, float] = {}
     model = make(**kwargs)
+    if isinstance(model, TrendRanker):
+        return _fit_ranker(model, graph, train, valid, seed=seed, progress=progress,
+                           train_updater=train_updater, refit=refit)
     model.fit(train, valid)
     history = getattr(model, "history_", None)
     if history is None or not history.valid:
@@ -155,6 +170,24 @@ def fit_validated(
         return FitOutcome(model, metrics, state, epochs)
     log.info("refitting on all %d events for %d epochs", graph.num_edges, epochs)
     return FitOutcome(make(**{**kwargs, "epochs": epochs}).fit(graph), metrics, state, epochs)
+
+
+def _fit_ranker(ranker: TrendRanker, graph: InteractionGraph, train: InteractionGraph,
+                valid: InteractionGraph, *, seed: int, progress: bool, train_updater: bool,
+                refit: bool) -> FitOutcome:
+    """The ranker's own split fit (its base: early stopping on ``valid``, refit on
+    ``graph``), and the updater trained from the base fitted on ``train``."""
+    ranker.fit_split(graph if refit else train, train, valid)
+    metrics = {f"ranker_{key}": value for key, value in ranker.validation_.items()}
+    history = getattr(ranker.early_base_, "history_", None)
+    if history is not None and history.valid:
+        metrics["valid_recall@20"] = float(history.best_metric or 0.0)
+        metrics["best_epoch"] = float(history.best_epoch or len(history.loss))
+    state = None
+    if train_updater and ranker.early_base_ is not None:
+        state = _train_updater(graph, ranker.early_base_, valid.num_edges / graph.num_edges,
+                               metrics, seed=seed, progress=progress)
+    return FitOutcome(ranker, metrics, state, ranker.base_epochs_)
 
 
 def _train_updater(graph: InteractionGraph, early: Recommender, holdout: float,
