@@ -14,8 +14,9 @@ from rich.console import Console
 
 from streamrec.settings import Settings
 
-#: the model retrain, schedule and run fit when none is named; `evaluate` evaluates it
-DEFAULT_MODEL = "lightgcn"
+#: the model retrain, schedule and run fit when none is named; `evaluate` evaluates it: the
+#: trend-aware ranker over LightGCN base embeddings (models/trend)
+DEFAULT_MODEL = "trend"
 #: what `evaluate` evaluates without --models: what retrain serves, then the base embedding
 #: models (the trending baselines are always added); extend it with a new served model
 EVALUATE_MODELS: tuple[str, ...] = tuple(dict.fromkeys((DEFAULT_MODEL, "lightgcn", "pinsage")))
@@ -314,7 +315,9 @@ def _parse_ts(value: str | None) -> float | None:
 
 @app.command()
 def retrain(
-    model: Annotated[str, typer.Option(help="lightgcn, pinsage, mf or popularity")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(
+        help="trend (the trend-aware ranker over LightGCN embeddings), lightgcn, pinsage, mf "
+             "or popularity")] = DEFAULT_MODEL,
     cutoff: Annotated[
         str | None, typer.Option(help="use events up to this time (epoch s or ISO-8601)")
     ] = None,
@@ -621,7 +624,9 @@ def schedule(
     cron: Annotated[
         str, typer.Option(help="when to retrain: 5-field crontab (6 with seconds first), UTC")
     ] = "0 3 * * *",
-    model: Annotated[str, typer.Option(help="lightgcn, pinsage, mf or popularity")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(
+        help="trend (the trend-aware ranker over LightGCN embeddings), lightgcn, pinsage, mf "
+             "or popularity")] = DEFAULT_MODEL,
     epochs: Annotated[int | None, typer.Option(help="training epochs (model default)")] = None,
     dim: Annotated[int | None, typer.Option(help="embedding dimension")] = None,
     store: StoreOpt = None,

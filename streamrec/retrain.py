@@ -187,7 +187,10 @@ def _fit_ranker(ranker: TrendRanker, graph: InteractionGraph, train: Interaction
     if train_updater and ranker.early_base_ is not None:
         state = _train_updater(graph, ranker.early_base_, valid.num_edges / graph.num_edges,
                                metrics, seed=seed, progress=progress)
-    return FitOutcome(ranker, metrics, state, ranker.base_epochs_)
+    if ranker.base_epochs_ is not None:
+        metrics["base_epochs"] = float(ranker.base_epochs_)
+    # epochs=None: the ranker itself takes none (its base's count is in the metrics)
+    return FitOutcome(ranker, metrics, state, None)
 
 
 def _train_updater(graph: InteractionGraph, early: Recommender, holdout: float,

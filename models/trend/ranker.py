@@ -116,6 +116,17 @@ class TrendRanker(Recommender):
         return (f"TrendRanker(base={self._base_name()}, window={self.window}, "
                 f"n_recent={self.n_recent})")
 
+    def __deepcopy__(self, memo: dict[int, object]) -> TrendRanker:
+        # the fitted bases are read-only after fit and hold sparse CSR tensors, which torch
+        # cannot deep-copy: copies share them and own everything else (the state above all)
+        shared = {id(self.base_), id(self.early_base_)}
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = value if id(value) in shared and value is not None else \
+                copy.deepcopy(value, memo)
+        return clone
+
     # -- fitting ------------------------------------------------------------------------
     def _base_name(self) -> str | None:
         if self.base is None or isinstance(self.base, str):
@@ -222,6 +233,13 @@ class TrendRanker(Recommender):
                 z = standardised(_dots(self.base_)(u[known]))
                 out[known, : z.shape[1]] += params.embedding_weight * z
         return torch.from_numpy(out).float()
+
+    def serving_state(self) -> bytes:
+        """The fitted parameters and state as bytes for a version
+        (:func:`models.trend.serving.from_bytes` reads them back)."""
+        from models.trend.serving import to_bytes
+
+        return to_bytes(self._state(), self.fitted_params())
 
     def cold_scores(self, history: InteractionGraph) -> torch.Tensor:
         """float32 ``[history.num_items]``: a user without events gets the trend term at
