@@ -178,6 +178,14 @@ class IncrementalUpdater:
         """float32 CPU ``[num_items, d]``: the current output state of every item."""
         return self._states["item"][-1].detach().float().cpu().clone()
 
+    def rows(self, side: str, idx: object) -> tuple[np.ndarray, np.ndarray]:
+        """The current output states float32 CPU ``[B, d]`` of nodes ``idx`` ``[B]`` of
+        ``side`` and their last update times float64 ``[B]`` (epoch seconds)."""
+        index = np.asarray(idx, dtype=np.int64)
+        rows = torch.from_numpy(index).to(self.device)
+        states = self._states[side][-1][rows].detach().float().cpu().numpy()
+        return states, self._last[side][index].copy()
+
     def last_update(self, side: str, idx: object) -> np.ndarray:
         """float64 ``[B]`` time of each node's last update (``-inf``: never updated)."""
         return self._last[side][np.asarray(idx, dtype=np.int64)]
@@ -380,6 +388,58 @@ class IncrementalUpdater:
             "buffer": self.buffer.state_dict(),
             "updater": {k: v.detach().cpu() for k, v in self.updater.state_dict().items()},
         }
+
+    def checkpoint(self, user_idx: object, item_idx: object) -> dict[str, object]:
+        """What an :meth:`update` with edges among users ``user_idx`` and items ``item_idx``
+        changes (their rows, the sizes, their buffer rows), for :meth:`rollback`; costs
+        rows, not a copy of the tables as :meth:`state_dict` does."""
+        saved: dict[str, object] = {
+            side: {"size": len(self._last[side]), "flag": np.zeros(len(self._last[side]), bool),
+                   "parts": []}
+            for side in SIDES
+        }
+        saved["buffer"] = self.buffer.save_rows(np.empty(0, np.int64), np.empty(0, np.int64))
+        return self.extend_checkpoint(saved, user_idx, item_idx)
+
+    def extend_checkpoint(self, saved: dict[str, object], user_idx: object,
+                          item_idx: object) -> dict[str, object]:
+        """Add to a :meth:`checkpoint` the rows of further nodes, unchanged since it was
+        taken, so that one :meth:`rollback` undoes updates among all of them."""
+        for side, idx in (("user", user_idx), ("item", item_idx)):
+            part = saved[side]  # type: ignore[index]
+            more = np.unique(np.asarray(idx, dtype=np.int64))
+            more = more[more < part["size"]]
+            more = more[~part["flag"][more]]
+            if len(more):
+                part["flag"][more] = True
+                rows = torch.from_numpy(more).to(self.device)
+                part["parts"].append((more, [t[rows].clone() for t in self._states[side]],
+                                      self._last[side][more].copy(),
+                                      self._known[side][more].copy()))
+        self.buffer.extend_saved_rows(saved["buffer"], np.asarray(user_idx),  # type: ignore[arg-type]
+                                      np.asarray(item_idx))
+        return saved
+
+    def rollback(self, saved: dict[str, object]) -> IncrementalUpdater:
+        """Undo the updates since :meth:`checkpoint` (of edges among its nodes); returns
+        ``self``."""
+        for side in SIDES:
+            part = saved[side]  # type: ignore[index]
+            size = part["size"]
+            self._states[side] = [t[:size] for t in self._states[side]]
+            self._last[side] = self._last[side][:size]
+            self._known[side] = self._known[side][:size]
+            for index, states, last, known in part["parts"]:
+                rows = torch.from_numpy(index).to(self.device)
+                for table, old in zip(self._states[side], states, strict=True):
+                    table[rows] = old
+                self._last[side][index], self._known[side][index] = last, known
+        items = len(self._last["item"])
+        self._has_features = self._has_features[:items]
+        if self._features is not None:
+            self._features = self._features[:items]
+        self.buffer.restore_rows(saved["buffer"])  # type: ignore[arg-type]
+        return self
 
     def load_state_dict(self, state: dict[str, object]) -> IncrementalUpdater:
         """Restore a :meth:`state_dict` onto this object's device; returns ``self``."""

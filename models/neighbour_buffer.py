@@ -17,6 +17,7 @@ import numpy as np
 from models.base import InteractionGraph
 
 KINDS = ("user", "item")
+_ROW_ARRAYS = ("nbr", "ts", "w", "len", "deg")  # per-node storage, one row per node
 
 
 def _check_kind(kind: str) -> str:
@@ -198,6 +199,41 @@ class NeighbourBuffer:
         safe = np.where(inside, idx, 0)
         return np.where(inside, self._deg[kind][safe], 0).astype(np.int64)
 
+    def save_rows(self, user_idx: np.ndarray, item_idx: np.ndarray) -> dict[str, object]:
+        """A copy of the rows of these nodes and of the sizes: all that :meth:`extend` with
+        edges among these nodes changes, for :meth:`restore_rows` (cheap: rows, not tables)."""
+        saved: dict[str, object] = {"size": dict(self._size)}
+        for kind in KINDS:
+            saved[kind] = {"flag": np.zeros(self._size[kind], bool), "parts": []}
+        return self.extend_saved_rows(saved, user_idx, item_idx)
+
+    def extend_saved_rows(self, saved: dict[str, object], user_idx: np.ndarray,
+                          item_idx: np.ndarray) -> dict[str, object]:
+        """Add to :meth:`save_rows`' copy the rows of further nodes, unchanged since."""
+        for kind, idx in (("user", user_idx), ("item", item_idx)):
+            part = saved[kind]  # type: ignore[index]
+            more = np.unique(np.asarray(idx, dtype=np.int64))
+            more = more[more < saved["size"][kind]]  # type: ignore[index]
+            more = more[~part["flag"][more]]
+            if len(more):
+                part["flag"][more] = True
+                part["parts"].append((more, *(getattr(self, f"_{name}")[kind][more].copy()
+                                              for name in _ROW_ARRAYS)))
+        return saved
+
+    def restore_rows(self, saved: dict[str, object]) -> NeighbourBuffer:
+        """Undo every :meth:`extend` since :meth:`save_rows` (of edges among its nodes);
+        returns ``self``."""
+        for kind in KINDS:
+            size, now = saved["size"][kind], self._size[kind]  # type: ignore[index]
+            for name in _ROW_ARRAYS:
+                getattr(self, f"_{name}")[kind][size:now] = 0  # rows grown since: empty again
+            for idx, *rows in saved[kind]["parts"]:  # type: ignore[index]
+                for name, values in zip(_ROW_ARRAYS, rows, strict=True):
+                    getattr(self, f"_{name}")[kind][idx] = values
+            self._size[kind] = size
+        return self
+
     def state_dict(self) -> dict[str, object]:
         """Plain numpy arrays (trimmed to the sizes) and ints; see :meth:`load_state_dict`."""
         state: dict[str, object] = {"num_neighbours": self.num_neighbours}
@@ -218,7 +254,7 @@ class NeighbourBuffer:
             self._allocate(kind, n)
             self._size[kind] = n
             for name in ("nbr", "ts", "w", "len", "deg"):
-                getattr(self, f"_{name}")[kind][:] = np.asarray(state[f"{kind}_{name}"])
+                getattr(self, f"_{name}")[kind][:n] = np.asarray(state[f"{kind}_{name}"])
         return self
 
     def __repr__(self) -> str:

@@ -16,9 +16,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     Double,
+    Engine,
     ForeignKey,
     Index,
     Integer,
@@ -26,6 +28,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
+    text,
 )
 
 from store.schema import metadata
@@ -50,6 +54,8 @@ embedding_versions = Table(
     Column("num_items", Integer, nullable=False),
     Column("status", String(16), nullable=False),
     Column("updater_state", LargeBinary, nullable=True, comment="torch-serialised updater"),
+    Column("ingest_seq", BigInteger, nullable=True,
+           comment="the store's ingest sequence at the snapshot: interactions.id <= it seen"),
     CheckConstraint(
         "status IN ('building', 'ready', 'active', 'retired', 'failed')",
         name="ck_embedding_versions_status",
@@ -83,6 +89,16 @@ embedding_active = Table(
     Column("version_id", Integer, ForeignKey("embedding_versions.id"), nullable=False),
     CheckConstraint("id = 1", name="ck_embedding_active_single_row"),
 )
+
+
+def upgrade(engine: Engine) -> None:
+    """Add the columns newer than a store's tables (``embedding_versions.ingest_seq``);
+    ``create_all`` creates missing tables only. A version without an ingest sequence is
+    replayed by event time alone (see store/event_log.py)."""
+    columns = {c["name"] for c in inspect(engine).get_columns("embedding_versions")}
+    if "ingest_seq" not in columns:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE embedding_versions ADD COLUMN ingest_seq BIGINT"))
 
 
 class EmbeddingStoreError(RuntimeError):
@@ -124,6 +140,9 @@ class VersionInfo:
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     has_updater_state: bool = False
+    ingest_seq: int | None = None
+    """The store's ingest sequence when the retrain took its snapshot: it trained on the
+    events with ``interactions.id <= ingest_seq`` and ``ts <= cutoff`` (None: unknown)."""
 
     @property
     def name(self) -> str:
@@ -159,6 +178,7 @@ def version_from_row(row: Any) -> VersionInfo:
         hyper_parameters=json.loads(m["hyper_parameters"]),
         metrics=json.loads(m["metrics"]),
         has_updater_state=bool(m["has_updater_state"]),
+        ingest_seq=None if m["ingest_seq"] is None else int(m["ingest_seq"]),
     )
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 20_000  # vectors per write transaction: bounds how long SQLite's write lock is held
 _LOCK_KEY = 0x5EED_0002  # PostgreSQL advisory lock: activation vs. overlay writes
+_LIVE_KEY = 0x5EED_0003  # PostgreSQL advisory lock: one live-update transaction at a time
 _SERVABLE = ("ready", "active", "retired")
 _VectorRow = tuple[int, str, int, bytes]  # (version_id, kind, idx, vector bytes)
 
@@ -66,6 +68,7 @@ class EmbeddingStore:
             else self.engine
         )
         es.metadata.create_all(self.engine)
+        es.upgrade(self.engine)
 
     @property
     def dialect(self) -> str:
@@ -85,6 +88,7 @@ class EmbeddingStore:
         hyper_parameters: dict[str, Any],
         metrics: dict[str, Any],
         updater_state: bytes | None = None,
+        ingest_seq: int | None = None,
     ) -> int:
         """Publish a new version (status ``ready``); it is served only after :meth:`activate`.
 
@@ -95,6 +99,9 @@ class EmbeddingStore:
             item_vectors: ``[num_items, dim]``, the same ``dim``.
             hyper_parameters, metrics: JSON-serialisable dicts (numpy scalars are fine).
             updater_state: torch-serialised incremental updater, published with the version.
+            ingest_seq: the graph store's ingest sequence at the training snapshot
+                (:meth:`~store.graph.GraphStore.snapshot_seen`); with it the live updater
+                replays exactly the events the base did not see, late ones included.
         Returns:
             The version id (shown as ``v{id}``).
         Raises:
@@ -120,6 +127,7 @@ class EmbeddingStore:
             "num_items": items.shape[0],
             "status": "building",
             "updater_state": bytes(updater_state) if updater_state is not None else None,
+            "ingest_seq": None if ingest_seq is None else int(ingest_seq),
         }
         with self._writer.begin() as conn:
             created = conn.execute(insert(es.embedding_versions), row)
@@ -272,11 +280,26 @@ class EmbeddingStore:
             {"pruned_at": now, "updater_state": None},
         )
 
-    def active_version(self) -> VersionInfo | None:
-        """The served version, or None before the first activation."""
-        with self.engine.connect() as conn:
-            active = self._active_id(conn)
-            return None if active is None else self._version(conn, active)
+    def active_version(self, conn: Connection | None = None) -> VersionInfo | None:
+        """The served version, or None before the first activation (read on ``conn``, e.g.
+        a :meth:`live_transaction`, when given)."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.active_version(own)
+        active = self._active_id(conn)
+        return None if active is None else self._version(conn, active)
+
+    @contextmanager
+    def live_transaction(self) -> Iterator[Connection]:
+        """One write transaction of the live updater, serialised against every other one in
+        every process (PostgreSQL: a transaction-scoped advisory lock; SQLite: its write
+        lock), committed when the block exits and rolled back if it raises. What one live
+        update derives from the stored events (overlay rows, ...) is written in it, so
+        it lands whole or not at all."""
+        with self._writer.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LIVE_KEY})
+            yield conn
 
     def versions(self) -> list[VersionInfo]:
         """Every version, newest first (failed and pruned ones included)."""
@@ -394,8 +417,11 @@ class EmbeddingStore:
         self,
         base_version_id: int,
         parts: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | float]],
+        *,
+        conn: Connection | None = None,
     ) -> None:
-        """Several :meth:`write_overlay` calls, e.g. users and items, in ONE transaction.
+        """Several :meth:`write_overlay` calls, e.g. users and items, in ONE transaction
+        (``conn``'s, e.g. a :meth:`live_transaction`, when given; else its own).
 
         ``parts`` holds ``(kind, idx, vectors, updated_at)`` tuples as :meth:`write_overlay`
         takes them.
@@ -410,20 +436,24 @@ class EmbeddingStore:
             rows.extend(part)
             dim = part_dim
         if dim is not None:
-            self._upsert_overlay(base_version_id, rows, dim)
+            self._upsert_overlay(base_version_id, rows, dim, conn)
 
-    def _upsert_overlay(self, base_version_id: int, rows: list[tuple[Any, ...]], dim: int) -> None:
-        with self._writer.begin() as conn:
-            self._lock(conn, shared=True)
-            info = self._version(conn, base_version_id)
-            if dim != info.dim:
-                raise ValueError(f"vectors have dim {dim}, {info.name} has {info.dim}")
-            if not rows:
-                return
-            active = self._active_id(conn)
-            keep = active if active is not None and active != base_version_id else None
-            for start in range(0, len(rows), _CHUNK):
-                bulk.upsert_overlay(conn, rows[start : start + _CHUNK], keep_version=keep)
+    def _upsert_overlay(self, base_version_id: int, rows: list[tuple[Any, ...]], dim: int,
+                        conn: Connection | None = None) -> None:
+        if conn is None:
+            with self._writer.begin() as own:
+                self._upsert_overlay(base_version_id, rows, dim, own)
+            return
+        self._lock(conn, shared=True)
+        info = self._version(conn, base_version_id)
+        if dim != info.dim:
+            raise ValueError(f"vectors have dim {dim}, {info.name} has {info.dim}")
+        if not rows:
+            return
+        active = self._active_id(conn)
+        keep = active if active is not None and active != base_version_id else None
+        for start in range(0, len(rows), _CHUNK):
+            bulk.upsert_overlay(conn, rows[start : start + _CHUNK], keep_version=keep)
 
     def overlay_since(self, base_version_id: int, since: float) -> OverlayDelta:
         """Overlay rows of ``base_version_id`` with ``updated_at > since``, oldest first.

@@ -13,16 +13,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Engine, Table, func, select, text
+from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from models.base import InteractionGraph
-from store import bulk, schema
+from store import bulk, event_log, schema
 from store.engine import DEFAULT_STORE_URL, make_engine
 from stream.events import Event
 
 _IN_CHUNK = 2000  # bound on bind parameters per IN (...) lookup, far below every DB's limit
-_NODE_LOCK_KEY = 0x5EED_0001  # PostgreSQL advisory lock serialising dense-index assignment
+# PostgreSQL advisory lock serialising dense-index assignment and, held until the commit,
+# the assignment of interaction ids: ids grow in commit order (see store/event_log.py)
+_NODE_LOCK_KEY = 0x5EED_0001
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,11 @@ class GraphStore:
             make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         )
         self._writer = self.engine.execution_options(write_lock=True)
+        # one snapshot per multi-statement read (a SQLite read transaction is one already)
+        self._reader = (
+            self.engine.execution_options(isolation_level="REPEATABLE READ")
+            if self.engine.dialect.name == "postgresql" else self.engine
+        )
         schema.metadata.create_all(self.engine)
         # external id -> dense index, only ever filled from committed rows
         self._index_cache: dict[str, dict[str, int]] = {"users": {}, "items": {}}
@@ -206,10 +213,24 @@ class GraphStore:
         return out
 
     # ------------------------------------------------------------------- reads
-    def snapshot(self, until: float | None = None) -> InteractionGraph:
-        """All edges with ``ts <= until`` (all edges when None), ordered by time."""
-        cond = None if until is None else schema.interactions.c.ts <= until
-        return self._edges(cond)
+    def snapshot(self, until: float | None = None, *, seq: int | None = None
+                 ) -> InteractionGraph:
+        """All edges with ``ts <= until`` (all edges when None) and, with ``seq``, ingest
+        sequence ``<= seq`` (what a base with that sequence saw), ordered by time."""
+        return self._edges(event_log.seen_condition(seq, until))
+
+    def snapshot_seen(self, until: float | None = None) -> tuple[InteractionGraph, int]:
+        """:meth:`snapshot` and the ingest sequence it was read at, from one read
+        transaction: the events with a higher sequence are exactly those it did not see,
+        whatever their time (store/event_log.py)."""
+        with self._reader.connect() as conn, conn.begin():
+            seq = event_log.ingest_seq(conn)
+            return self._edges(event_log.seen_condition(seq, until), conn), seq
+
+    def ingest_seq(self) -> int:
+        """The ingest sequence now: the highest committed interaction id (0 when empty)."""
+        with self.engine.connect() as conn:
+            return event_log.ingest_seq(conn)
 
     def edges_between(self, t0: float, t1: float) -> InteractionGraph:
         """Edges with ``t0 < ts <= t1`` (epoch seconds), ordered by time."""
@@ -218,14 +239,16 @@ class GraphStore:
         ts = schema.interactions.c.ts
         return self._edges((ts > t0) & (ts <= t1))
 
-    def _edges(self, cond) -> InteractionGraph:  # type: ignore[no-untyped-def]
+    def _edges(self, cond, conn: Connection | None = None) -> InteractionGraph:  # type: ignore[no-untyped-def]
         t = schema.interactions
         stmt = select(t.c.user_idx, t.c.item_idx, t.c.ts, t.c.weight).order_by(t.c.ts, t.c.id)
         if cond is not None:
             stmt = stmt.where(cond)
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-            num_users, num_items = self._node_counts(conn)
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._edges(cond, own)
+        rows = conn.execute(stmt).all()
+        num_users, num_items = self._node_counts(conn)
         arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
         return InteractionGraph(
             arr[:, 0].astype(np.int64),

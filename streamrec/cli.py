@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -214,6 +215,7 @@ def ingest(
     from store.graph import GraphStore
     from stream.consumer import IngestLoop, join_timeout_s, make_consumer
     from stream.producer import EventProducer
+    from stream.retry import RetryPolicy
 
     settings = _settings(
         topic=topic, group=group, store=store, bootstrap=bootstrap, batch_size=batch_size,
@@ -239,6 +241,7 @@ def ingest(
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
     )
     dlq = EventProducer(server, settings.dead_letter_topic) if settings.dead_letter_topic else None
+    retry = RetryPolicy()  # the event write and every update hook wait outages out alike
     live = None
     if update:
         import torch
@@ -247,12 +250,12 @@ def ingest(
 
         # measured: 1 thread is ~6x faster than 2 on a loaded 2-core machine (OpenMP spin)
         torch.set_num_threads(settings.torch_threads)
-        live = LiveUpdater(graph, embeddings)
+        live = LiveUpdater(graph, embeddings, retry=retry, settle_every=settings.settle_every)
     # the update latency histogram times the updater alone, as `streamrec run` does
     update_hook = live if metrics is None or live is None else metrics.timed(live)
     on_batch = update_hook
     if drift_retrain or settings.drift_retrain:
-        from streamrec.drift import DriftHook, PrequentialDrift, chain, service_top_k
+        from streamrec.drift import DriftHook, PrequentialDrift, chain, retried, service_top_k
         from streamrec.queries import QueryService
         from streamrec.scheduler import RetrainScheduler
 
@@ -260,7 +263,8 @@ def ingest(
         early = RetrainScheduler(settings.store, model=drift_model)  # never started here
         drift = PrequentialDrift(service_top_k(service, k=20), on_drift=early.trigger_early,
                                  enabled=True, sample_every=10)
-        on_batch = chain(DriftHook(drift, service), update_hook)
+        drift_hook = retried(DriftHook(drift, service), retry, lambda: loop.stopping)
+        on_batch = chain(drift_hook, update_hook)
         console.print("drift watch on: a hit-rate drop asks the scheduler for an early retrain")
     if metrics is not None:
         on_batch = metrics.counted(on_batch)
@@ -269,6 +273,7 @@ def ingest(
         batch_size=settings.batch_size,
         max_events=max_events,
         idle_exit_s=idle_exit,
+        retry=retry,
         dead_letter_producer=dlq,
         join_grace_s=join_timeout_s(settings.kafka_max_poll_interval_ms),
         on_batch=on_batch,
@@ -282,8 +287,11 @@ def ingest(
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     console.print(f"ingesting {settings.topic!r} (group {settings.group!r}) into {graph!r}")
+    if live is not None:
+        live.should_stop = lambda: loop.stopping
     try:
-        with WalCheckpointer(graph.engine):
+        # the watcher replays a new base and folds in other processes' events between batches
+        with WalCheckpointer(graph.engine), live or contextlib.nullcontext():
             stats = loop.run()
     finally:
         consumer.close(autocommit=False)
@@ -296,7 +304,8 @@ def ingest(
     if live is not None:
         ls = live.stats
         line += (f" updated_events={ls.events} replayed={ls.replayed_events} "
-                 f"overlay_rows={ls.rows_written} update_seconds={ls.seconds:.1f}")
+                 f"rewinds={ls.rewinds} rebuilds={ls.rebuilds} overlay_rows={ls.rows_written} "
+                 f"update_seconds={ls.seconds:.1f}")
     print(line)
 
 

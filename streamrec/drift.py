@@ -13,6 +13,8 @@ from typing import Any
 
 from river.drift import ADWIN
 
+from stream.retry import RetryPolicy
+
 log = logging.getLogger(__name__)
 
 TopK = Callable[[str], Collection[str]]
@@ -173,5 +175,17 @@ def chain(*hooks: Callable[[Any], Any] | None) -> Callable[[Any], None]:
     def run(result: Any) -> None:
         for hook in active:
             hook(result)
+
+    return run
+
+
+def retried(hook: Callable[[Any], Any], policy: RetryPolicy,
+            should_stop: Callable[[], bool] = lambda: False) -> Callable[[Any], None]:
+    """``hook`` with each call retried through database outages by ``policy`` (the event
+    write's back-off), so an outage in an update hook waits instead of ending ingest; a
+    retried call runs the hook again from its start."""
+
+    def run(result: Any) -> None:
+        policy.call(lambda: hook(result), should_stop=should_stop)
 
     return run

@@ -219,7 +219,8 @@ def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPl
     """
     started = time.perf_counter()
     plan.model_kwargs()  # fail on an unknown model before reading the store
-    graph = graph_store.snapshot(until=plan.cutoff)
+    # the ingest sequence read with the snapshot tells the live updater what the base saw
+    graph, seq = graph_store.snapshot_seen(until=plan.cutoff)
     if graph.num_edges == 0:
         when = "" if plan.cutoff is None else f" up to cutoff {plan.cutoff}"
         raise RetrainError(f"the store holds no interactions{when}; ingest events first")
@@ -238,6 +239,7 @@ def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPl
         hyper_parameters={"model": plan.model, **model.hyper_parameters(), "seed": plan.seed},
         metrics=metrics,
         updater_state=outcome.updater_state,
+        ingest_seq=seq,
     )
     embeddings.activate(version_id, keep=plan.keep)
     info = embeddings.get_version(version_id)

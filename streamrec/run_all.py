@@ -13,6 +13,7 @@ from store.embeddings import EmbeddingStore
 from store.engine import WalCheckpointer
 from store.graph import GraphStore
 from stream.consumer import IngestLoop, IngestStats, join_timeout_s, make_consumer
+from stream.retry import RetryPolicy
 from streamrec.live import LiveUpdater
 from streamrec.metrics import Metrics
 from streamrec.scheduler import RetrainScheduler
@@ -58,13 +59,15 @@ def run_all(settings: Settings, options: RunOptions) -> IngestStats:
         scheduler = RetrainScheduler(settings.store, model=options.model, cron=options.cron)
         scheduler.start()
         log.info("retrain scheduler: %s at %r", options.model, options.cron)
-    live = LiveUpdater(graph, embeddings)
+    retry = RetryPolicy()  # the event write and the update hook wait outages out alike
+    live = LiveUpdater(graph, embeddings, retry=retry, settle_every=settings.settle_every)
 
     on_batch = metrics.ingest.counted(metrics.ingest.timed(live))
 
     consumer = make_consumer(settings.bootstrap, settings.topic, settings.group,
                              max_poll_interval_ms=settings.kafka_max_poll_interval_ms)
     loop = IngestLoop(consumer, graph, batch_size=settings.batch_size, on_batch=on_batch,
+                      retry=retry,
                       join_grace_s=join_timeout_s(settings.kafka_max_poll_interval_ms),
                       on_lag=metrics.ingest.set_lags)
 
@@ -74,8 +77,9 @@ def run_all(settings: Settings, options: RunOptions) -> IngestStats:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    live.should_stop = lambda: loop.stopping
     try:
-        with WalCheckpointer(graph.engine):
+        with WalCheckpointer(graph.engine), live:  # live: its watcher replays new bases
             return loop.run()
     finally:
         consumer.close(autocommit=False)

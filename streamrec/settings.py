@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         1, ge=1, description="torch CPU threads of the ingest process's updater; one thread "
         "avoids OpenMP oversubscription beside the consumer and writer threads",
     )
+    settle_every: int = Field(
+        20_000, ge=1, description="events the live updater folds in fast (arrival order) "
+        "before it settles them into the canonical order that makes the overlay the same "
+        "for any number of ingest processes; it also settles whenever the stream pauses for "
+        "a second. Larger: cheaper and fewer update pauses, longer between canonical states",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="port on which `ingest` serves Prometheus metrics "
         "at /metrics (None or 0: not served; `run` serves them through its HTTP API)",

@@ -155,32 +155,64 @@ def test_sigterm_flushes_and_commits_what_it_stored(broker, tmp_path, topic_name
     store.engine.dispose()
 
 
-def test_two_updating_processes_refresh_every_affected_embedding(broker, postgres_url,
-                                                                  topic_name):
-    """Scale-out: two `ingest --update` processes share PostgreSQL and split 4 partitions."""
+def _copy_active_version(source, target) -> None:  # type: ignore[no-untyped-def]
+    """Publish ``source``'s active base (vectors, updater, ingest sequence) in ``target``."""
+    info = source.active_version()
+    snap = source.load(info.id, include_updater_state=True, include_overlay=False)
+    copy = target.create_version(info.model, info.cutoff, snap.users, snap.items,
+                                 hyper_parameters=info.hyper_parameters, metrics=info.metrics,
+                                 updater_state=snap.updater_state, ingest_seq=info.ingest_seq)
+    target.activate(copy)
+
+
+def _overlay_by_id(store: GraphStore, embeddings) -> dict[tuple[str, str], object]:  # type: ignore[no-untyped-def]
+    merged = embeddings.load()
+    out = {}
+    for kind, rows in (("user", merged.overlay_users), ("item", merged.overlay_items)):
+        ids = store.node_ids(kind)
+        out.update({(kind, ids[idx]): merged.vector(kind, idx) for idx in rows})
+    return out
+
+
+def test_one_and_two_updating_processes_serve_the_same_vectors(broker, postgres_url, tmp_path,
+                                                               topic_name):
+    """Scale-out: two `ingest --update` processes share PostgreSQL and split 4 partitions;
+    one process alone fills a SQLite store from the same base: the overlays agree."""
+    import numpy as np
+
     from store.embeddings import EmbeddingStore
     from streamrec.retrain import RetrainPlan, retrain
 
     events = list(generate(n_events=6000, seed=15, days=10).events())
-    store = GraphStore(postgres_url)
-    store.write_batch(events[:3000])
-    embeddings = EmbeddingStore(store.engine)
-    info = retrain(store, embeddings, RetrainPlan(model="mf", epochs=2, dim=16,
-                                                  valid_fraction=0.2, progress=False))
-    assert info.has_updater_state
+    one_url = f"sqlite:///{tmp_path / 'one.db'}"
+    one = GraphStore(one_url)
+    two = GraphStore(postgres_url)
+    for store in (one, two):  # the same dense indices for the base's nodes
+        store.write_batch(events[:3000])
+    one_embeddings, two_embeddings = EmbeddingStore(one.engine), EmbeddingStore(two.engine)
+    info = retrain(one, one_embeddings, RetrainPlan(model="mf", epochs=2, dim=16,
+                                                    valid_fraction=0.2, progress=False))
+    assert info.has_updater_state and info.ingest_seq == 3000
+    _copy_active_version(one_embeddings, two_embeddings)
     produce(broker.bootstrap, topic_name, events[3000:], partitions=4)
+    args = ("--idle-exit", "4", "--batch-size", "300", "--update")
+    procs = [ingest_process(broker.bootstrap, topic_name, _group(), one_url, *args)]
     group = _group()
-    procs = [
-        ingest_process(broker.bootstrap, topic_name, group, postgres_url, "--idle-exit", "4",
-                       "--batch-size", "300", "--update")
-        for _ in range(2)
-    ]
+    procs += [ingest_process(broker.bootstrap, topic_name, group, postgres_url, *args)
+              for _ in range(2)]
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
-    assert store.event_ids() == {e.event_id for e in events}
-    users = set(store.node_index("user", {e.user_id for e in events[3000:]}).values())
-    items = set(store.node_index("item", {e.item_id for e in events[3000:]}).values())
-    merged = embeddings.load()
-    assert users <= set(merged.overlay_users) and items <= set(merged.overlay_items)
-    store.engine.dispose()
+    consumed = [int(out.split("consumed=")[1].split()[0]) for out, _ in outs[1:]]
+    assert min(consumed) > 0, f"one of the two processes got no partitions: {consumed}"
+    for store in (one, two):
+        assert store.event_ids() == {e.event_id for e in events}
+    single, shared = _overlay_by_id(one, one_embeddings), _overlay_by_id(two, two_embeddings)
+    users = {("user", e.user_id) for e in events[3000:]}
+    items = {("item", e.item_id) for e in events[3000:]}
+    assert users | items == set(single) == set(shared)
+    diff = max(float(np.abs(single[k] - shared[k]).max()) for k in single)
+    print(f"1 vs 2 updating processes: {len(single)} overlay rows, max |diff| {diff:.2e}")
+    assert diff < 1e-4, f"1 vs 2 processes differ by up to {diff}"
+    for store in (one, two):
+        store.engine.dispose()

@@ -1,0 +1,91 @@
+"""The interactions table read by ingest sequence: what a base saw and what came after it.
+
+The ingest sequence of an event is its ``interactions.id``. It grows in commit order, not
+only in insert order: every :meth:`~store.graph.GraphStore.write_batch` that stores events
+assigns its ids inside one serialised section that lasts until its commit (PostgreSQL: the
+transaction-scoped advisory lock it takes before inserting; SQLite: ``BEGIN IMMEDIATE``,
+the database's single write lock). So once a reader sees id ``s``, every id below ``s``
+that will ever be committed already is, and "the events with id > s" is an exact,
+gap-safe description of what arrived after a reader's snapshot. Event time plays no part:
+Kafka delivers late events (``ts`` before a base's cutoff) after the base's snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import Connection, func, select
+
+from store import schema
+
+
+@dataclass(frozen=True)
+class StoredEvents:
+    """Stored events in ingest order: ``seq`` int64 ``[E]`` (row ids), dense ``user`` and
+    ``item`` int64 ``[E]``, ``ts`` float64 ``[E]`` (epoch seconds), ``weight`` float32
+    ``[E]``, and ``upto``: the ingest sequence they were read up to (``>= seq.max()``)."""
+
+    upto: int
+    seq: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    user: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    item: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    weight: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+
+    @property
+    def num_events(self) -> int:
+        return len(self.seq)
+
+
+def ingest_seq(conn: Connection) -> int:
+    """The store's ingest sequence: the highest committed interaction id (0 when empty)."""
+    return int(conn.execute(select(func.coalesce(func.max(schema.interactions.c.id), 0)))
+               .scalar_one())
+
+
+def events_after(conn: Connection, after: int) -> StoredEvents:
+    """Every committed event with ``id > after``, by id; ``upto`` is the highest id read
+    (``after`` when none): what is visible above ``after`` is a gap-free prefix, since ids
+    grow in commit order. Once per ingested batch, so straight through the driver (through
+    SQLAlchemy's rows, 1,000 events took 27 ms)."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute("SELECT id, user_idx, item_idx, ts, weight FROM interactions "
+                   f"WHERE id > {mark} ORDER BY id", (int(after),))
+    rows = cursor.fetchall()
+    cursor.close()
+    return _arrays(rows, int(rows[-1][0]) if rows else int(after))
+
+
+def unseen_by(conn: Connection, seq: int | None, cutoff: float, *, upto: int) -> StoredEvents:
+    """Events with id ``<= upto`` that a base with ingest sequence ``seq`` and cutoff
+    ``cutoff`` did not train on: ``id > seq`` (stored after its snapshot, whatever their
+    time) or ``ts > cutoff``. ``seq=None`` (a version from before ingest sequences were
+    recorded) falls back to event time alone."""
+    t = schema.interactions
+    after_cutoff = t.c.ts > float(cutoff)
+    cond = after_cutoff if seq is None else (t.c.id > int(seq)) | after_cutoff
+    return _read(conn, cond & (t.c.id <= int(upto)), int(upto))
+
+
+def seen_condition(seq: int | None, until: float | None):  # type: ignore[no-untyped-def]
+    """The SQL condition "stored by ``seq`` with ``ts <= until``" (None: no bound)."""
+    t = schema.interactions
+    cond = None if until is None else t.c.ts <= float(until)
+    if seq is not None:
+        cond = t.c.id <= int(seq) if cond is None else cond & (t.c.id <= int(seq))
+    return cond
+
+
+def _read(conn: Connection, cond, upto: int) -> StoredEvents:  # type: ignore[no-untyped-def]
+    t = schema.interactions
+    stmt = select(t.c.id, t.c.user_idx, t.c.item_idx, t.c.ts, t.c.weight).where(cond)
+    return _arrays(conn.execute(stmt.order_by(t.c.id)).all(), upto)
+
+
+def _arrays(rows, upto: int) -> StoredEvents:  # type: ignore[no-untyped-def]
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    seq = np.fromiter((r[0] for r in rows), np.int64, len(rows))  # exact beyond 2**53
+    return StoredEvents(upto, seq, arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64),
+                        arr[:, 3].copy(), arr[:, 4].astype(np.float32))
