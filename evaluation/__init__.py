@@ -3,7 +3,9 @@
 The entry point is :func:`run_evaluation`; the pieces are importable on their own.
 """
 
-from evaluation.bootstrap import bootstrap_ci
+from evaluation.baselines import TrendingPopularity, tune_baselines
+from evaluation.bootstrap import bootstrap_ci, paired_difference
+from evaluation.headline import headline
 from evaluation.metrics import RankingAccumulator, ranking_metrics
 from evaluation.protocol import EvaluationTask, ModelEvaluation, evaluate_model
 from evaluation.report import write_report
@@ -16,6 +18,7 @@ from evaluation.streaming import (
     RetrainApproach,
     StaleApproach,
     evaluate_streaming,
+    plan_windows,
 )
 
 __all__ = [
@@ -28,11 +31,16 @@ __all__ = [
     "RetrainApproach",
     "StaleApproach",
     "TemporalSplit",
+    "TrendingPopularity",
     "bootstrap_ci",
     "evaluate_model",
     "evaluate_streaming",
+    "headline",
+    "paired_difference",
+    "plan_windows",
     "ranking_metrics",
     "run_evaluation",
     "temporal_split",
+    "tune_baselines",
     "write_report",
 ]

@@ -63,3 +63,28 @@ def bootstrap_ci(
         if len(col):
             out[m] = np.quantile(col, [alpha, 1.0 - alpha])
     return out[0] if flat else out
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean per-user difference ``a - b`` and its bootstrap interval (users resampled).
+
+    Args:
+        a, b: float ``[U]`` per-user values of two models on the same users, same order.
+        n_boot, level, seed: see :func:`bootstrap_ci`.
+
+    Returns:
+        ``(mean, lower, upper)``; an interval above zero says ``a`` beats ``b``.
+
+    >>> mean, lo, hi = paired_difference(np.r_[np.ones(60), np.zeros(40)], np.zeros(100))
+    >>> round(mean, 2), bool(0 < lo < mean < hi)
+    (0.6, True)
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same users: shapes {a.shape} != {b.shape}")
+    diff = a - b
+    lo, hi = bootstrap_ci(diff, n_boot=n_boot, level=level, seed=seed)
+    defined = diff[~np.isnan(diff)]
+    return (float(defined.mean()) if len(defined) else float("nan")), float(lo), float(hi)

@@ -7,9 +7,10 @@ Choices, stated in every report:
   be recommended, and is therefore not a positive either (re-consumption is out of scope).
 * **masking**: items the user interacted with in the *history the model was fitted on*
   (``fit_on="train"``: events before ``t1``; ``"train+valid"``: events before ``t2``).
-* **cold-start users** (no event in that history) are ranked by the popularity fallback:
-  item interaction counts in the history (the "popular fallback for unknown users" of
-  ``streamrec recommend``), not by the model's untrained embedding rows.
+* **cold-start users** (no event in that history) are ranked by the code path
+  ``streamrec recommend`` takes for them: the model's :meth:`Recommender.cold_scores` on the
+  history, by default the service's recent-window popularity
+  (:class:`models.cold_start.RecentPopularity`), not the model's untrained embedding rows.
 * recall is reported over all positives (``recall@K``) and over positives that exist in
   the history (``recall_known@K``), since no model can learn an item it never saw.
 """
@@ -37,7 +38,7 @@ from evaluation.ranking import (
     unique_pairs,
 )
 from evaluation.split import FitOn, TemporalSplit
-from models.base import Recommender
+from models.base import InteractionGraph, Recommender
 
 #: score-matrix elements per batch of users (float32: 32 MiB)
 DEFAULT_BATCH_ELEMENTS = 1 << 23
@@ -70,23 +71,34 @@ class EvaluationTask:
     fit_on: str
     num_items: int
     dropped_users: int
+    history: InteractionGraph
     info: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def from_split(
+    def from_split(cls, split: TemporalSplit, *, fit_on: FitOn = "train", **options: float
+                   ) -> EvaluationTask:
+        """The test period of ``split`` against ``split.history(fit_on)``, the history the
+        models are fitted on and that is masked (default: ``"train"``); ``options``
+        (``head_fraction``, ``activity_buckets``) as in :meth:`from_periods`."""
+        return cls.from_periods(split.history(fit_on), split.test, fit_on=fit_on,
+                                **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_periods(
         cls,
-        split: TemporalSplit,
+        history: InteractionGraph,
+        test: InteractionGraph,
         *,
-        fit_on: FitOn = "train",
+        fit_on: str = "train",
         head_fraction: float = 0.2,
         activity_buckets: int = 4,
     ) -> EvaluationTask:
-        """Derive the task from ``split``.
+        """The task of ranking ``test``'s unseen items after fitting on ``history``.
 
         Args:
-            split: the temporal split.
-            fit_on: the history the models are fitted on and that is masked.
-                (default: ``"train"``)
+            history: the events the models are fitted on; masked, and the cold-start rule.
+            test: the later events whose unseen items are the positives.
+            fit_on: the label of ``history`` in reports. (default: ``"train"``)
             head_fraction: share of history items, by descending interaction count (ties to
                 the lower index), that form the head; the rest, and items absent from the
                 history, form the tail. (default: ``0.2``)
@@ -97,7 +109,6 @@ class EvaluationTask:
             raise ValueError(f"head_fraction must lie in (0, 1), got {head_fraction}")
         if activity_buckets < 1:
             raise ValueError(f"activity_buckets must be >= 1, got {activity_buckets}")
-        history, test = split.history(fit_on), split.test
         seen = SeenItems(history)
         n_items = test.num_items
         pairs = np.stack(unique_pairs(test.user, test.item, n_items))
@@ -121,7 +132,7 @@ class EvaluationTask:
             users=users.astype(np.int64), pos_indptr=indptr, pos_items=pos[1].astype(np.int64),
             seen=seen, popularity=pop, known_items=known, head_items=head, cold=cold,
             bucket=bucket, bucket_labels=labels, fit_on=fit_on, num_items=n_items,
-            dropped_users=int(np.unique(test.user).size - len(users)),
+            dropped_users=int(np.unique(test.user).size - len(users)), history=history,
             info={"head_items": int(head.sum()), "known_items": int(known.sum())},
         )
 
@@ -161,6 +172,7 @@ def evaluate_model(
     seed: int = 0,
     progress: bool = False,
     name: str | None = None,
+    slices: bool = True,
 ) -> ModelEvaluation:
     """Rank every evaluated user's unseen items with ``model`` and score the top-K lists.
 
@@ -174,6 +186,11 @@ def evaluate_model(
         seed: seed of the bootstrap. (default: ``0``)
         progress: show a progress bar over batches. (default: ``False``)
         name: the model's name in messages. (default: its class name)
+        slices: also compute the known/head/tail variants and the slices; ``False`` keeps
+            the plain metrics only (e.g. for validation sweeps). (default: ``True``)
+
+    Cold-start users get ``model.cold_scores(task.history)``, the ranking ``recommend``
+    serves them.
 
     ``per_user`` of the result holds float64 ``[U]`` arrays in ``task.users`` order: the
     metrics, ``known:``/``head:``/``tail:`` variants over restricted positives (NaN where a
@@ -203,18 +220,15 @@ def evaluate_model(
     head = torch.from_numpy(task.head_items)
     known = torch.from_numpy(task.known_items)
     started = time.perf_counter()
+    cold_scores = cold_user_scores(model, task, who)
     for lo in tqdm(range(0, n, batch_size), desc=f"evaluate {who}", disable=not progress,
                    leave=False):
         hi = min(lo + batch_size, n)
-        users = task.users[lo:hi]
-        with torch.no_grad():
-            scores = check_scores(model.score(torch.from_numpy(users)), hi - lo,
-                                  task.num_items, who)
-        fallback_(scores, torch.from_numpy(task.cold[lo:hi]), task.popularity)
-        mask_(scores, *task.seen.coo(users))
-        top = top_k(scores, k_max)
+        top = rank_users(model, task, lo, hi, k_max, cold_scores, name=who)
         pos = task.positives(lo, hi)
         acc.update(top, pos)
+        if not slices:
+            continue
         for tag, keep in (("known", known), ("head", head), ("tail", ~head)):
             sub = ranking_metrics(top, pos[:, keep[pos[1]]], ks)
             for key, value in sub.items():
@@ -224,6 +238,9 @@ def evaluate_model(
     per_user = acc.per_user()
     per_user.update({key: torch.cat(parts).numpy() for key, parts in extra.items()})
     metrics = acc.compute()
+    if not slices:
+        return ModelEvaluation(metrics=metrics, ci={}, slices={}, per_user=per_user,
+                               seconds=time.perf_counter() - started)
     for k in ks:
         metrics[f"recall_known@{k}"] = _nanmean(per_user[f"known:recall@{k}"])
         metrics[f"head_share@{k}"] = _nanmean(per_user[f"head_share@{k}"])
@@ -235,6 +252,34 @@ def evaluate_model(
     ci = {key: (float(lo), float(hi)) for key, (lo, hi) in zip(ci_keys, bounds, strict=True)}
     return ModelEvaluation(metrics=metrics, ci=ci, slices=_slices(task, per_user, ks),
                            per_user=per_user, seconds=time.perf_counter() - started)
+
+
+def cold_user_scores(model: Recommender, task: EvaluationTask, name: str) -> torch.Tensor:
+    """float32 ``[num_items]``: ``model.cold_scores(task.history)``, checked."""
+    with torch.no_grad():
+        scores = model.cold_scores(task.history)
+    return check_scores(scores.view(1, -1), 1, task.num_items, f"{name}.cold_scores")[0]
+
+
+def rank_users(model: Recommender, task: EvaluationTask, lo: int, hi: int, k: int,
+               cold_scores: torch.Tensor | None = None, *, name: str | None = None
+               ) -> torch.Tensor:
+    """int64 ``[hi - lo, k]`` top-``k`` items of evaluated users ``lo:hi``, as scored.
+
+    Warm users get ``model.score``; cold users ``cold_scores`` (default:
+    ``model.cold_scores(task.history)``, what ``recommend`` serves them); items in a user's
+    history are masked; ties go to the lower item index.
+    """
+    who = name or type(model).__name__
+    users = task.users[lo:hi]
+    if cold_scores is None:
+        cold_scores = cold_user_scores(model, task, who)
+    with torch.no_grad():
+        scores = check_scores(model.score(torch.from_numpy(users)), hi - lo,
+                              task.num_items, who)
+    fallback_(scores, torch.from_numpy(task.cold[lo:hi]), cold_scores)
+    mask_(scores, *task.seen.coo(users))
+    return top_k(scores, k)
 
 
 def _slices(task: EvaluationTask, per_user: dict[str, np.ndarray], ks: Sequence[int]

@@ -110,6 +110,24 @@ def _document(r: dict, plots: list[str]) -> list[tuple]:
                          f"{ev['n_cold_users']:,} cold-start); {ev['dropped_users']:,} test "
                          "users had no unseen test item."))
     models = r["models"]
+    info = r.get("model_info", {})
+    top = r.get("headline") or {}
+    if top.get("entries"):
+        metric, best = top["metric"], top["best_baseline"]
+        level = f"{top['ci_level']:.0%}"
+        doc.append(("h2", f"Headline: {metric} against the best trending baseline"))
+        doc.append(("p", f"Best baseline: {best} ({_baseline_choice(info.get(best, {}))}), "
+                         f"{metric} = {_fmt(top['best_baseline_value'])}. The ratio is each "
+                         f"entry's {metric} over it; the interval is the {level} paired "
+                         "bootstrap of the per-user difference (above zero: it beats the "
+                         "baseline)."))
+        doc.append(("table", ["model", "baseline", metric, "ratio", "difference",
+                              f"difference {level} CI"],
+                    [[name, "yes" if e["baseline"] else "", e["value"],
+                      _ratio(e["ratio"]), e["difference"],
+                      e["difference_ci"]] for name, e in top["entries"].items()]))
+        tuned = [f"**{n}**: {_baseline_choice(i)}" for n, i in info.items() if i.get("baseline")]
+        doc.append(("ul", tuned))
     if models:
         doc.append(("h2", f"Results at K={k}"))
         cols = [f"{m}@{k}" for m in ("recall", "ndcg", "hit", "precision", "mrr",
@@ -138,23 +156,46 @@ def _document(r: dict, plots: list[str]) -> list[tuple]:
                          f"from {st['start_iso']} to {st['end_iso']}; before each window every "
                          "approach is prepared on all earlier events. Metrics are pooled "
                          "over (window, user) pairs."))
-        doc.append(("table", ["approach", f"recall@{sk}", f"ndcg@{sk}", f"hit@{sk}",
+        if st.get("window_policy"):
+            doc.append(("p", f"Windows: {st['window_policy']}. Per-window full retrain: "
+                             f"{st.get('retrain', 'as configured')}. Baselines are refitted "
+                             "before each window with their validated window and half-life; "
+                             "+incremental runs the updater a retrain trains, as ingest "
+                             "runs it."))
+        vs = f"vs {st['best_baseline']}" if st.get("best_baseline") else "vs best baseline"
+        doc.append(("table", ["approach", f"recall@{sk}", vs, f"ndcg@{sk}", f"hit@{sk}",
                               "prepare s", "score s", "compute s"],
-                    [[n, s.get(f"recall@{sk}"), s.get(f"ndcg@{sk}"), s.get(f"hit@{sk}"),
-                      s["prepare_seconds"], s["score_seconds"], s["compute_seconds"]]
+                    [[n, s.get(f"recall@{sk}"), _ratio(s.get("ratio_to_best_baseline")),
+                      s.get(f"ndcg@{sk}"), s.get(f"hit@{sk}"), s["prepare_seconds"],
+                      s["score_seconds"], s["compute_seconds"]]
                      for n, s in st["summary"].items()]))
     if plots:
         doc.append(("h2", "Plots"))
         doc.extend(("img", key) for key in plots)
-    if r.get("model_info"):
+    if info:
         doc.append(("h2", "Models"))
-        doc.append(("table", ["model", "class", "fit s", "evaluate s", "hyper-parameters"],
-                    [[n, i["class"], i["fit_seconds"], i["eval_seconds"],
+        doc.append(("table", ["model", "class", "baseline", "epochs (chosen on validation)",
+                              "fit s", "evaluate s", "hyper-parameters"],
+                    [[n, i["class"], "yes" if i.get("baseline") else "", i.get("epochs"),
+                      i["fit_seconds"], i["eval_seconds"],
                       json.dumps(to_json(i["hyper_parameters"]))]
-                     for n, i in r["model_info"].items()]))
+                     for n, i in info.items()]))
     doc.append(("h2", "Environment"))
     doc.append(("ul", [f"{name} {version}" for name, version in run["versions"].items()]))
     return doc
+
+
+def _ratio(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}x"
+
+
+def _baseline_choice(info: dict) -> str:
+    """How a baseline's parameter was chosen, in words."""
+    if info.get("window_days") is not None:
+        return f"last {info['window_days']:g} days, chosen on validation"
+    if info.get("half_life_days") is not None:
+        return f"decayed counts, half-life {info['half_life_days']:g} days, chosen on validation"
+    return "all-time counts"
 
 
 def _markdown(doc: list[tuple]) -> str:

@@ -1,40 +1,44 @@
 """One call from an interaction graph to a full evaluation: split, fit, score, stream, report.
 
 This is the Python API behind ``streamrec evaluate``; it returns the metrics.json content.
+The protocol mirrors serving: models are fitted as ``streamrec retrain`` fits them
+(:mod:`evaluation.fitting`), cold users get what ``recommend`` serves them, and every
+report carries the trending baselines tuned on validation (:mod:`evaluation.baselines`)
+and each model's ratio to the best of them (:mod:`evaluation.headline`).
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import platform
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from functools import partial
 from importlib import metadata
 
 from tqdm.auto import tqdm
 
-from evaluation.incremental import IncrementalApproach
+from evaluation.baselines import NAMES as BASELINE_NAMES
+from evaluation.baselines import TunedBaseline, tune_baselines
+from evaluation.fitting import FittedModel, ModelFactory, build_specs, fit_protocol
+from evaluation.headline import headline
+from evaluation.incremental import IncrementalApproach, StatefulApproach
 from evaluation.protocol import EvaluationTask, evaluate_model
-from evaluation.report import to_json, write_report
+from evaluation.report import headline_k, to_json, write_report
 from evaluation.split import FitOn, temporal_split
 from evaluation.streaming import (
-    DAY,
     Approach,
-    PopularityApproach,
     RetrainApproach,
     StaleApproach,
     evaluate_streaming,
+    plan_windows,
 )
 from models.base import InteractionGraph, Recommender
 
-#: builds an unfitted recommender from a name and keyword arguments (``seed`` among them)
-ModelFactory = Callable[..., Recommender]
-
 RECALL_FORM = "|P ∩ R| / min(|P|, K)"
+#: the streaming report's default number of windows over the test period (at most)
+TARGET_WINDOWS = 30
+
+__all__ = ["ModelFactory", "RECALL_FORM", "TARGET_WINDOWS", "run_evaluation"]
 
 
 def run_evaluation(
@@ -48,17 +52,19 @@ def run_evaluation(
     valid_frac: float = 0.1,
     t1: float | None = None,
     t2: float | None = None,
-    fit_on: FitOn = "train",
+    fit_on: FitOn = "train+valid",
     seed: int = 0,
     n_bootstrap: int = 1000,
     ci_level: float = 0.95,
     head_fraction: float = 0.2,
     activity_buckets: int = 4,
     batch_size: int | None = None,
+    baselines: bool = True,
     streaming: bool = True,
     streaming_approaches: Mapping[str, Approach] | None = None,
-    streaming_retrain: bool = True,
-    window_seconds: float = DAY,
+    streaming_retrain: bool = False,
+    window_seconds: float | None = None,
+    target_windows: int = TARGET_WINDOWS,
     streaming_k: int = 20,
     max_windows: int | None = None,
     out_dir: str | None = None,
@@ -71,29 +77,37 @@ def run_evaluation(
         graph: the whole interaction stream, ``ts`` in epoch seconds.
         models: name -> unfitted :class:`Recommender`, or model names built by
             ``model_factory(name, **model_kwargs[name])``, with ``seed=seed`` added when
-            the model takes a seed (``model_info.<name>.seeded`` records it).
+            the model takes a seed (``model_info.<name>.seeded`` records it); may be
+            empty when ``baselines`` is on.
         model_factory: builds models from names. (default: ``models.make_model``)
         model_kwargs: extra constructor arguments per model name. (default: none)
         ks: cut-offs. (default: ``(10, 20, 50)``)
         train_frac, valid_frac, t1, t2: split boundaries, see
             :func:`evaluation.split.temporal_split`. (default: 0.8 / 0.1 of the events)
-        fit_on: ``"train"``: fit on train, validation passed to ``fit`` for early stopping
-            only; ``"train+valid"``: fit on everything before ``t2``. The same history is
-            masked at test time. (default: ``"train"``)
+        fit_on: ``"train+valid"``: epochs chosen on validation (fit on train, early
+            stopping on validation), then every model refitted on everything before ``t2``
+            for those epochs, as ``streamrec retrain`` does; ``"train"``: the model fitted
+            on train is evaluated. The same history is masked at test time.
+            (default: ``"train+valid"``)
         seed: seed of the models built here and of the bootstrap. (default: ``0``)
         n_bootstrap: bootstrap resamples for the intervals. (default: ``1000``)
         ci_level: interval coverage. (default: ``0.95``)
         head_fraction: share of items that form the popularity head. (default: ``0.2``)
         activity_buckets: quantile buckets of users' training activity. (default: ``4``)
         batch_size: users scored at once. (default: memory-bounded, 8M scores)
+        baselines: add the trending baselines (all-time, last-W-days, decayed; W and the
+            half-life chosen on validation) and the ratio headline. (default: ``True``)
         streaming: run the window-by-window comparison. (default: ``True``)
         streaming_approaches: approaches to compare. (default: every model as a stale
-            base, as the base plus incremental updates (embedding models), as a full retrain
-            before each window (unless ``streaming_retrain=False``), plus popularity
-            refreshed before each window)
+            base and as the base plus incremental updates (embedding models: the updater a
+            retrain trains; models with ``update(users, items, ts)``: their own per-event
+            state), the baselines refreshed before each window, and,
+            with ``streaming_retrain``, a full retrain of every model before each window)
         streaming_retrain: include the per-window full retrain of every model (the costly
-            reference the streaming path is compared with). (default: ``True``)
-        window_seconds: streaming window length. (default: one day)
+            reference; opt-in). (default: ``False``)
+        window_seconds: streaming window length. (default: whole days, so that at most
+            ``target_windows`` windows span the test period; one day for short periods)
+        target_windows: most windows of the default window length. (default: ``30``)
         streaming_k: cut-off of the streaming metrics. (default: ``20``)
         max_windows: evaluate only the first windows. (default: all)
         out_dir: where to write the report files. (default: ``None``, write nothing)
@@ -102,10 +116,13 @@ def run_evaluation(
 
     Returns:
         The metrics.json content: ``dataset``, ``split``, ``protocol``, ``evaluation``,
-        ``models`` (``{"<name>": {"recall@20": ..., "recall@20_ci": [lo, hi], ...}}``),
-        ``slices``, ``model_info``, ``streaming`` and ``run``. Every wall-clock field
-        ends in ``_seconds``; with ``run.started_at`` they are the only fields that vary
-        between two runs with the same seed.
+        ``headline`` (each entry's ratio to the best baseline and the paired bootstrap
+        interval of the per-user difference), ``models`` (``{"<name>": {"recall@20": ...,
+        "recall@20_ci": [lo, hi], ...}}``, baselines included), ``slices``, ``model_info``
+        (``baseline: true`` on baselines, the chosen epochs, window and half-life),
+        ``streaming`` and ``run``. Every wall-clock field ends in ``_seconds``; with
+        ``run.started_at`` they are the only fields that vary between two runs with the
+        same seed.
 
     >>> import numpy as np, torch
     >>> class Popular(Recommender):
@@ -120,9 +137,11 @@ def run_evaluation(
     ...                                  np.arange(400) * 3600.0)
     >>> out = run_evaluation(g, {"popular": Popular()}, ks=(5, 10), n_bootstrap=50,
     ...                      progress=False)
-    >>> {"split", "models", "streaming", "run"} <= set(out)
+    >>> {"split", "models", "headline", "streaming", "run"} <= set(out)
     True
     >>> 0.0 <= out["models"]["popular"]["recall@10"] <= 1.0
+    True
+    >>> out["model_info"]["pop-decayed"]["baseline"]
     True
     """
     started_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -132,49 +151,72 @@ def run_evaluation(
         raise ValueError(f"ks must be positive cut-offs, got {ks}")
     if ks[-1] > graph.num_items:
         raise ValueError(f"K={ks[-1]} exceeds the catalogue of {graph.num_items} items")
+    if fit_on not in ("train", "train+valid"):
+        raise ValueError(f"fit_on must be 'train' or 'train+valid', got {fit_on!r}")
     split = temporal_split(graph, train_frac=train_frac, valid_frac=valid_frac, t1=t1, t2=t2)
-    built, seeded = _build_models(models, model_factory, model_kwargs or {}, seed)
-    # unfitted copies: the streaming "full retrain" approach refits one per window
-    templates = {name: copy.deepcopy(m) for name, m in built.items()} if streaming_retrain else {}
+    specs = build_specs(models, model_factory, model_kwargs or {}, seed, required=not baselines)
+    clash = {s.name for s in specs} & set(BASELINE_NAMES.values()) if baselines else set()
+    if clash:
+        raise ValueError(f"model names {sorted(clash)} are taken by the baselines; rename them")
     task = EvaluationTask.from_split(split, fit_on=fit_on, head_fraction=head_fraction,
                                      activity_buckets=activity_buckets)
     history = split.history(fit_on)
-    valid = split.valid if fit_on == "train" else None
+    k_head = headline_k(list(ks))
     results: dict[str, dict] = {}
     slices: dict[str, dict] = {}
     info: dict[str, dict] = {}
-    bar = tqdm(total=2 * len(built) + int(streaming), desc="evaluation", disable=not progress)
-    for name, model in built.items():
-        bar.set_postfix_str(f"fit {name}")
-        t0 = time.perf_counter()
-        fitted = model.fit(history, valid)
-        model = fitted if isinstance(fitted, Recommender) else model
-        built[name] = model
-        fit_seconds = time.perf_counter() - t0
-        bar.update()
-        bar.set_postfix_str(f"evaluate {name}")
+    per_user: dict[str, object] = {}
+    bar = tqdm(total=len(specs) + int(baselines) + int(streaming), desc="evaluation",
+               disable=not progress)
+
+    def evaluate(name: str, model: Recommender, fields: dict[str, object]) -> None:
         ev = evaluate_model(model, task, ks=ks, batch_size=batch_size, n_bootstrap=n_bootstrap,
                             ci_level=ci_level, seed=seed, progress=progress, name=name)
+        results[name], slices[name], per_user[name] = ev.as_dict(), ev.slices, ev.per_user
+        info[name] = {**fields, "eval_seconds": ev.seconds}
+
+    tuned: list[TunedBaseline] = []
+    if baselines:
+        bar.set_postfix_str("baselines")
+        t0 = time.perf_counter()
+        tuned = tune_baselines(split.train, split.valid, k=k_head)
+        tune_seconds = time.perf_counter() - t0
+        for base in tuned:
+            t0 = time.perf_counter()
+            model = base.make().fit(history)
+            evaluate(base.name, model, {
+                "class": type(model).__name__, "hyper_parameters": model.hyper_parameters(),
+                "seeded": False, "fit_on": fit_on, **base.info(f"recall@{k_head}"),
+                "fit_seconds": time.perf_counter() - t0 + tune_seconds / len(tuned)})
         bar.update()
-        results[name] = ev.as_dict()
-        slices[name] = ev.slices
-        info[name] = {"class": type(model).__name__, "hyper_parameters":
-                      model.hyper_parameters(), "seeded": name in seeded,
-                      "fit_seconds": fit_seconds, "eval_seconds": ev.seconds}
+    fitted: dict[str, FittedModel] = {}
+    for spec in specs:
+        bar.set_postfix_str(f"fit {spec.name}")
+        fitted[spec.name] = fit_protocol(spec, split, fit_on, seed=seed,
+                                         train_updater=streaming)
+        bar.set_postfix_str(f"evaluate {spec.name}")
+        evaluate(spec.name, fitted[spec.name].model, fitted[spec.name].info(fit_on))
+        bar.update()
+    top = headline(results, per_user, [b.name for b in tuned], f"recall@{k_head}",
+                   n_boot=n_bootstrap, level=ci_level, seed=seed) if tuned else {}
     stream: dict = {}
     if streaming:
         bar.set_postfix_str("streaming")
-        approaches = dict(streaming_approaches) if streaming_approaches is not None else {
-            **{f"{n} (stale)": StaleApproach(m, trained_on=history) for n, m in built.items()},
-            **{f"{n} (+incremental)": IncrementalApproach(m, trained_on=history)
-               for n, m in built.items() if m.user_embeddings().shape[1] >= 2},
-            **{f"{n} (retrain)": RetrainApproach(partial(copy.deepcopy, t))
-               for n, t in templates.items()},
-            "popularity (refreshed)": PopularityApproach()}
+        if window_seconds is None:
+            window_seconds, policy = plan_windows(split.t2, split.end, target=target_windows)
+        else:
+            policy = "given"
+        approaches, roles = _approaches(fitted, tuned, history, streaming_retrain) \
+            if streaming_approaches is None else (dict(streaming_approaches), {})
         stream = evaluate_streaming(graph, approaches, start=split.t2, end=split.end,
                                     window_seconds=window_seconds, k=streaming_k,
                                     max_windows=max_windows, batch_size=batch_size or 1024,
                                     progress=progress)
+        stream["window_policy"] = policy
+        stream["retrain"] = ("a full retrain of every model before each window" if
+                             streaming_retrain else "off (opt-in: --streaming-retrain)")
+        stream["approach_info"] = roles
+        _streaming_ratios(stream, roles)
         bar.update()
     bar.close()
     result = {
@@ -187,6 +229,7 @@ def run_evaluation(
         "evaluation": {"n_users": len(task.users), "n_cold_users": int(task.cold.sum()),
                        "n_warm_users": int((~task.cold).sum()),
                        "dropped_users": task.dropped_users, **task.info},
+        "headline": top,
         "models": results,
         "slices": slices,
         "model_info": info,
@@ -200,76 +243,63 @@ def run_evaluation(
     return result
 
 
-def _build_models(
-    models: Mapping[str, Recommender] | Sequence[str],
-    factory: ModelFactory | None,
-    kwargs: Mapping[str, Mapping[str, object]],
-    seed: int,
-) -> tuple[dict[str, Recommender], set[str]]:
-    """The models by name, and the names that were built with the run's seed."""
-    if isinstance(models, str):
-        raise TypeError(f"models must be a list of names or a dict, got the string {models!r}; "
-                        f"use [{models!r}]")
-    seeded: set[str] = set()
-    if isinstance(models, Mapping):
-        built = dict(models)
-    else:
-        names = list(models)
-        if len(set(names)) != len(names):
-            raise ValueError(f"model names repeat: {names}")
-        factory = factory or _default_factory()
-        built = {}
-        for name in names:
-            args = dict(kwargs.get(name, {}))
-            if "seed" not in args and _takes_seed(factory, name):
-                args["seed"] = seed
-            if "seed" in args:
-                seeded.add(name)
-            try:
-                built[name] = factory(name, **args)
-            except KeyError as exc:
-                raise ValueError(f"unknown model {name!r}: the factory has no {exc}") from exc
-            except ValueError as exc:  # e.g. make_model's "unknown model ...; choose one of"
-                raise ValueError(f"cannot build model {name!r}: {exc}") from exc
-    if not built:
-        raise ValueError("no models to evaluate: give at least one")
-    for name, model in built.items():
-        if not isinstance(model, Recommender):
-            raise TypeError(f"model {name!r} is a {type(model).__name__}, not a Recommender")
-    return built, seeded
+def _approaches(fitted: Mapping[str, FittedModel], tuned: Sequence[TunedBaseline],
+                history: InteractionGraph, retrain: bool
+                ) -> tuple[dict[str, Approach], dict[str, dict[str, object]]]:
+    """The default streaming approaches, named after their model, and what each one is."""
+    approaches: dict[str, Approach] = {}
+    roles: dict[str, dict[str, object]] = {}
+
+    def add(name: str, approach: Approach, **role: object) -> None:
+        approaches[name] = approach
+        roles[name] = role
+
+    for name, fit in fitted.items():
+        add(f"{name} (stale)", StaleApproach(fit.model, trained_on=history), model=name,
+            kind="stale", baseline=False)
+        if callable(getattr(fit.model, "update", None)):  # its own per-event state
+            add(f"{name} (+incremental)", StatefulApproach(fit.model, trained_on=history),
+                model=name, kind="incremental", baseline=False, updater="model.update")
+        elif (type(fit.model).score is Recommender.score
+              and fit.model.user_embeddings().shape[1] >= 2):
+            add(f"{name} (+incremental)", IncrementalApproach(
+                fit.model, trained_on=history, updater=fit.updater_state), model=name,
+                kind="incremental", baseline=False,
+                updater="trained" if fit.updater_state is not None else "untrained")
+        if retrain:
+            add(f"{name} (retrain)", RetrainApproach(fit.make_refit), model=name,
+                kind="retrain", baseline=False, epochs=fit.epochs)
+    for base in tuned:
+        add(f"{base.name} (refreshed)", RetrainApproach(base.make), model=base.name,
+            kind="refreshed", baseline=True, days=base.days)
+    return approaches, roles
 
 
-def _takes_seed(factory: ModelFactory, name: str) -> bool:
-    """Whether the model built for ``name`` accepts ``seed``: for ``models.make_model`` ask
-    the registered class (a seedless model such as popularity must not get one), else the
-    factory's own signature (``seed`` or ``**kwargs``)."""
-    target: object = factory
-    registry = getattr(sys.modules.get("models"), "MODELS", None)
-    if factory is getattr(sys.modules.get("models"), "make_model", None) and registry:
-        target = registry.get(name.lower(), factory)
-    try:
-        params = inspect.signature(target).parameters  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return "seed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _default_factory() -> ModelFactory:
-    try:
-        from models import make_model  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ImportError("models.make_model is not available; pass model_factory=... or a "
-                          "dict of Recommender instances") from exc
-    return make_model
+def _streaming_ratios(stream: dict, roles: Mapping[str, Mapping[str, object]]) -> None:
+    """Add each approach's ``ratio_to_best_baseline`` (pooled recall over the best refreshed
+    baseline's) to the streaming summary, and ``best_baseline``."""
+    key, summary = f"recall@{stream['k']}", stream["summary"]
+    scored = [n for n, role in roles.items() if role.get("baseline") and key in summary[n]]
+    if not scored:
+        return
+    best = max(scored, key=lambda n: summary[n][key])
+    stream["best_baseline"] = best
+    for values in summary.values():
+        if key in values:
+            ok = summary[best][key] > 0
+            values["ratio_to_best_baseline"] = values[key] / summary[best][key] if ok else None
 
 
 def _protocol(ks: Sequence[int], fit_on: str, head_fraction: float, activity_buckets: int,
               n_bootstrap: int, ci_level: float, seed: int) -> dict[str, object]:
     history = "events before t1" if fit_on == "train" else "events before t2"
+    how = ("the model fitted on train, early stopping on validation" if fit_on == "train"
+           else "epochs chosen on validation (fit on train, early stopping on validation), "
+           "then refitted on every event before t2 for them, as `streamrec retrain` fits")
     return {
         "ks": list(ks),
         "split": "global temporal: train [start, t1), validation [t1, t2), test [t2, end]",
-        "fit_on": f"{fit_on} ({history})",
+        "fit_on": f"{fit_on} ({history}): {how}",
         "recall_form": f"recall@K = {RECALL_FORM} (capped denominator)",
         "ndcg": "binary gains, log2(rank + 1) discount, ideal over min(|P|, K) positives",
         "mrr": "reciprocal rank of the first positive within the top K, else 0",
@@ -277,8 +307,15 @@ def _protocol(ks: Sequence[int], fit_on: str, head_fraction: float, activity_buc
                      "(items first seen in test included)",
         "masking": f"each user's items in the model's training history ({history}) are "
                    "excluded from the ranking",
-        "cold_start": "users absent from the training history are ranked by the popularity "
-                      "fallback (training interaction counts), not the model",
+        "cold_start": "users absent from the training history are ranked as `recommend` "
+                      "ranks them: the model's cold_scores(history), by default the service's "
+                      "fallback (events per item over the last 7 days before t2)",
+        "baselines": "pop-alltime (all-time counts), pop-recent (last W days, W in "
+                     "1, 2, 3, 7, 14, 28) and pop-decayed (half-life in 0.5, 1, 2, 3, "
+                     "7, 14, 30 days), W and the half-life chosen by validation recall, then "
+                     "refitted on the models' history; they rank cold users by the same list",
+        "headline": f"each model's ratio to the best baseline, with the {ci_level:.0%} paired "
+                    "bootstrap interval of the per-user difference",
         "known_items": "recall_known@K counts only positives that occur in the training history",
         "head_items": f"top {head_fraction:.0%} of training items by interaction count; the "
                       "rest, and items unseen in training, are tail",

@@ -45,7 +45,8 @@ class Approach(Protocol):
 
 
 class FallbackScorer:
-    """A fitted model's scores, with popularity over its training graph for unknown users.
+    """A fitted model's scores; users absent from its training graph get what ``recommend``
+    serves them, ``model.cold_scores(history)`` over every event known so far.
 
     >>> g = InteractionGraph.from_arrays([0, 0], [1, 1], [0.0, 1.0], num_users=2, num_items=2)
     >>> FallbackScorer(_Const(2, 2), g).score(torch.tensor([0, 1])).tolist()
@@ -56,14 +57,18 @@ class FallbackScorer:
         self.model = model
         self.known = torch.from_numpy(np.bincount(trained_on.user,
                                                   minlength=trained_on.num_users) > 0)
-        self.popularity = popularity(trained_on)
+        self.refresh(trained_on)
+
+    def refresh(self, history: InteractionGraph) -> None:
+        """Recount the cold-start ranking on ``history`` (the service recounts it live)."""
+        self.cold_scores = self.model.cold_scores(history).detach().to("cpu", torch.float32)
 
     def score(self, users: Tensor) -> Tensor:
         scores = self.model.score(users).detach().to("cpu", torch.float32).clone()
         inside = users < len(self.known)
         cold = ~inside
         cold[inside] = ~self.known[users[inside]]
-        return fallback_(scores, cold, self.popularity)
+        return fallback_(scores, cold, self.cold_scores)
 
 
 class PopularityApproach:
@@ -95,7 +100,8 @@ class StaleApproach:
         trained_on: the graph ``model`` was already fitted on. (default: ``None``: fit on
             the history given to the first :meth:`prepare`, which is then timed)
 
-    Users absent from the training graph get the popularity fallback of that graph.
+    Users absent from the training graph get the model's cold-start ranking over the
+    history known at each window (see :class:`FallbackScorer`).
 
     >>> a = StaleApproach(_Const(2, 3))
     >>> a.prepare(InteractionGraph.from_arrays([0], [2], [1.0], num_users=2, num_items=3), 2.0)
@@ -111,6 +117,8 @@ class StaleApproach:
         if self._scorer is None:
             self.model.fit(history)
             self._scorer = FallbackScorer(self.model, history)
+        else:
+            self._scorer.refresh(history)
 
     def score(self, users: Tensor) -> Tensor:
         if self._scorer is None:
@@ -141,6 +149,23 @@ class RetrainApproach:
         if self._scorer is None:
             raise RuntimeError("RetrainApproach.score() called before prepare()")
         return self._scorer.score(users)
+
+
+def plan_windows(start: float, end: float, *, target: int = 30, unit: float = DAY
+                 ) -> tuple[float, str]:
+    """The default window length over ``[start, end]``: ``unit`` (a day) when at most
+    ``target`` of them span the period, else the fewest whole units that keep the number
+    of windows at or under ``target``. Returns the length (seconds) and a sentence saying so.
+
+    >>> plan_windows(0.0, 25 * DAY)[0] / DAY, plan_windows(0.0, 800 * DAY)[0] / DAY
+    (1.0, 27.0)
+    """
+    if target < 1:
+        raise ValueError(f"target must be >= 1 window, got {target}")
+    units = max(1, int(np.ceil((end - start) / unit / target)))
+    n = max(1, int(np.ceil((end - start) / (units * unit))))
+    return units * unit, (f"{units} day(s) per window so that {n} windows (at most {target}) "
+                          "span the test period")
 
 
 def evaluate_streaming(

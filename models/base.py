@@ -125,6 +125,20 @@ class Recommender(ABC):
         """Constructor arguments, for version metadata and reports."""
         return {}
 
+    def cold_scores(self, history: InteractionGraph) -> torch.Tensor:
+        """float32 ``[history.num_items]`` scores for a user with no event in ``history``.
+
+        ``history`` holds every event known at serving time (the model's training events and
+        any streamed since). The default is the service's fallback for unknown users,
+        :class:`models.cold_start.RecentPopularity` (events per item over the last 7 days),
+        so ``streamrec recommend`` and the evaluation rank cold users alike; a model with
+        its own cold-user ranking overrides this.
+        """
+        from models.cold_start import RecentPopularity  # local: keeps this module a leaf
+
+        counts = RecentPopularity().counts(history.item, history.ts, history.num_items)
+        return torch.from_numpy(counts.astype(np.float32))
+
     def recommend(
         self, users: torch.Tensor, k: int = 10, exclude: InteractionGraph | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

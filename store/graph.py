@@ -144,7 +144,7 @@ class GraphStore:
                     [
                         {
                             "raw": d.raw,
-                            "error": d.error,
+                            "error": storable_text(d.error),
                             "topic": d.topic,
                             "kafka_partition": d.partition,
                             "kafka_offset": d.offset,
@@ -373,6 +373,19 @@ class GraphStore:
         """Every stored event id (for audits and tests; reads the whole table)."""
         with self.engine.connect() as conn:
             return set(conn.execute(select(schema.interactions.c.event_id)).scalars())
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what no store can hold as text (NUL, lone surrogates) written as
+    backslash escapes, so a dead letter's reason can never fail like its message did.
+
+    >>> storable_text("bad 'u\\ud800\\x00x'")
+    "bad 'u\\\\ud800\\\\x00x'"
+    """
+    if text.isascii() and "\x00" not in text:
+        return text
+    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return escaped.replace("\x00", "\\x00")
 
 
 def _node_table(kind: str) -> Table:

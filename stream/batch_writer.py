@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -88,10 +89,18 @@ class BatchWriter(Generic[B, R]):
             self._raise_if_failed()
         return out
 
-    def drain(self) -> list[tuple[B, R]]:
-        """Wait for every submitted batch; returns the finished ones (then re-raises a failure)."""
+    def drain(self, timeout_s: float | None = None) -> list[tuple[B, R]]:
+        """Wait for every submitted batch, at most ``timeout_s`` seconds (default: no limit);
+        returns the finished ones, in order (then re-raises a failure).
+
+        Batches still being written when the time is up stay in flight: a later
+        :meth:`completed` or :meth:`drain` reports them.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         out: list[tuple[B, R]] = []
         while self._in_flight:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             try:
                 item = self._done.get(timeout=0.05)
             except queue.Empty:

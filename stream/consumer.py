@@ -5,7 +5,8 @@ Order of a batch, which is what makes the delivery contract hold:
 1. poll up to ``batch_size`` records (fewer when ``max_events`` is near);
 2. decode each; a bad one becomes a dead letter (never raised, never dropped);
 3. write events and dead letters in ONE database transaction (retried while the database
-   is down, never skipped); duplicates are recognised by ``event_id``;
+   is down, never skipped); duplicates are recognised by ``event_id``; a row the database
+   rejects for its content is split out and dead-lettered (:mod:`stream.poison`);
 4. forward dead letters to the dead-letter topic, if one is configured;
 5. hand the stored events to ``on_batch`` (the incremental updater);
 6. only then commit the offsets past the batch, explicitly, per partition.
@@ -13,29 +14,31 @@ Order of a batch, which is what makes the delivery contract hold:
 A crash anywhere before 6 redelivers the batch; step 3 makes that harmless. Steps 3-5 run
 on a writer thread (:class:`BatchWriter`) while the next poll happens, and step 6 runs on the
 consumer thread once the writer reports the batch done; before partitions are revoked in a
-rebalance, the writer is drained and its offsets committed.
+rebalance, the writer is drained and its offsets committed (:mod:`stream.rebalance`). Offsets
+are committed only for partitions the consumer still owns.
 
-Consumer lag (:class:`LagMeter`) is read from what the consumer already holds after a poll,
-the high watermark of the last fetch response and the position, so measuring it costs no
-request to the broker.
+Consumer lag is measured by :class:`stream.lag.LagMeter`, at no cost to the broker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import MemberState
 
 from store.graph import DeadLetter, GraphStore, WriteResult
 from stream.batch_writer import BatchWriter
-from stream.events import Event, InvalidEvent, decode_event
+from stream.decoded import DecodedBatch, decode_records
+from stream.events import Event
+from stream.lag import LagMeter
+from stream.poison import write_isolating
 from stream.producer import EventProducer
+from stream.rebalance import DrainOnRevoke, offset_metadata
 from stream.retry import RetryPolicy, Stopped
 
 log = logging.getLogger(__name__)
@@ -63,11 +66,34 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_interval_ms=max_poll_interval_ms,
-        session_timeout_ms=max(6_000, min(max_poll_interval_ms, 30_000)),
+        session_timeout_ms=session_timeout_ms(max_poll_interval_ms),
         heartbeat_interval_ms=1_000,
         fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
+
+
+def session_timeout_ms(max_poll_interval_ms: int) -> int:
+    """The session timeout :func:`make_consumer` uses: the poll interval within [6 s, 30 s].
+
+    >>> session_timeout_ms(2_000), session_timeout_ms(300_000)
+    (6000, 30000)
+    """
+    return max(6_000, min(max_poll_interval_ms, 30_000))
+
+
+def join_timeout_s(max_poll_interval_ms: int) -> float:
+    """Seconds a joining member may wait for its assignment before an idle run gives up.
+
+    A member killed with SIGKILL stays in the group until its session expires, and each
+    rebalance waits up to the poll interval for the members to rejoin, so a restart can take
+    a session timeout plus two rebalances (measured on the bundled broker: 11 s with a 2 s
+    poll interval, 54 s with the 30 s default).
+
+    >>> join_timeout_s(2_000), join_timeout_s(30_000)
+    (20.0, 100.0)
+    """
+    return (session_timeout_ms(max_poll_interval_ms) + 2 * max_poll_interval_ms) / 1000 + 10
 
 
 @dataclass
@@ -103,91 +129,6 @@ class IngestStats:
         )
 
 
-@dataclass
-class DecodedBatch:
-    """One poll's records split into events (with their sources) and dead letters."""
-
-    events: list[Event] = field(default_factory=list)
-    sources: list[tuple[int, int]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    size: int = 0
-
-
-def decode_records(records: dict[TopicPartition, list]) -> DecodedBatch:  # type: ignore[type-arg]
-    """Decode a ``poll()`` result; records that fail validation become dead letters."""
-    batch = DecodedBatch()
-    for tp, messages in records.items():
-        for msg in messages:
-            try:
-                batch.events.append(decode_event(msg.value))
-                batch.sources.append((tp.partition, msg.offset))
-            except InvalidEvent as exc:
-                batch.dead_letters.append(
-                    DeadLetter(msg.value, exc.reason, tp.topic, tp.partition, msg.offset)
-                )
-        if messages:
-            batch.next_offsets[tp] = messages[-1].offset + 1
-            batch.size += len(messages)
-    return batch
-
-
-class LagMeter:
-    """Consumer lag per partition from what the consumer already knows, at most every
-    ``interval_s``; no request to the broker.
-
-    lag = high watermark - position. Both are "next offset" values, so a caught-up partition
-    has lag 0. The high watermark is the one the last fetch response carried (the broker's
-    ListOffsets is not asked: the local broker answers it late); the position is the offset of
-    the next record ``poll()`` returns, so records fetched but not yet polled count as lag,
-    batches still being written do not. A partition is measured only once a fetch has answered
-    for it: before that ``highwater()`` is None, and ``position()`` of a partition without a
-    position would ask the coordinator for it.
-
-    Args:
-        consumer: the polling kafka-python consumer; call :meth:`measure` from its thread.
-        interval_s: least seconds between two measurements (default 0.5).
-        clock: monotonic seconds (default :func:`time.monotonic`).
-    """
-
-    def __init__(
-        self,
-        consumer: KafkaConsumer,
-        *,
-        interval_s: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.consumer = consumer
-        self.interval_s = interval_s
-        self.clock = clock
-        self._due = float("-inf")
-
-    def measure(self, *, force: bool = False) -> dict[int, int] | None:
-        """Messages behind the log end by partition number, or None when not due (unless
-        ``force``) or when no assigned partition has been fetched from yet."""
-        now = self.clock()
-        if not force and now < self._due:
-            return None
-        lags: dict[int, int] = {}
-        for tp in self.consumer.assignment():
-            try:
-                high = self.consumer.highwater(tp)
-                if high is None:
-                    continue
-                # timeout 0: the position is known once a fetch answered, so this never waits
-                position = self.consumer.position(tp, timeout_ms=0)
-            except IllegalStateError:
-                continue  # revoked since assignment() was read; no longer ours to report
-            if position is not None:
-                # a fetch response older than the position cannot be newer than it
-                lags[tp.partition] = max(0, high - position)
-        if not lags:
-            # nothing fetched yet: stay due, so the first fetch is reported at once
-            return None
-        self._due = now + self.interval_s
-        return lags
-
-
 class IngestLoop:
     """Consume, store, update, commit; the caller owns the process (signals, logging).
 
@@ -202,14 +143,17 @@ class IngestLoop:
             before the offset commit (the incremental updater hooks in here).
         dead_letter_producer: forwards dead letters to a topic when given.
         poll_timeout_ms: how long one poll waits for records (default 200).
-        join_grace_s: how long an idle run waits for its first partition assignment before
-            the idle clock starts anyway (default 60; a group join can take a while).
+        join_grace_s: how long an idle run waits while the consumer is (re)joining its group
+            before the idle clock starts anyway (default 60; a join after a crash takes a
+            session timeout and more, see :func:`join_timeout_s`).
         pipeline_depth: batches written on the writer thread while the next ones are fetched
             (default 2). Offsets are still committed only after each batch's DB commit.
         on_lag: called on the consumer thread with the lag (messages) by partition number,
             after a poll at most every ``lag_interval_s`` and once at the end of the run;
             only partitions already fetched from are in it (see :class:`LagMeter`).
         lag_interval_s: least seconds between two lag measurements (default 0.5).
+        revoke_drain_s: most seconds a rebalance waits for batches being written before
+            the partitions go (default 3; see :class:`~stream.rebalance.DrainOnRevoke`).
     """
 
     def __init__(
@@ -228,6 +172,7 @@ class IngestLoop:
         pipeline_depth: int = 2,
         on_lag: Callable[[dict[int, int]], None] | None = None,
         lag_interval_s: float = 0.5,
+        revoke_drain_s: float = 3.0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -243,6 +188,8 @@ class IngestLoop:
         self.join_grace_s = join_grace_s
         self.pipeline_depth = pipeline_depth
         self.on_lag = on_lag
+        self.revoke_drain_s = revoke_drain_s
+        self.rebalance: DrainOnRevoke | None = None
         # in-memory test doubles have no high watermark; they simply report no lag
         self._lag = (
             LagMeter(consumer, interval_s=lag_interval_s)
@@ -261,7 +208,9 @@ class IngestLoop:
         return self._stop
 
     def run(self) -> IngestStats:
-        started = last_message = time.monotonic()
+        last_message = time.monotonic()
+        joining_since: float | None = last_message
+        ever_joined = False
         self.stats = IngestStats()
         writer: BatchWriter[DecodedBatch, WriteResult] = BatchWriter(
             self._write, depth=self.pipeline_depth
@@ -279,15 +228,25 @@ class IngestLoop:
                 records = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
                 self._measure_lag()
                 if not records:
-                    # the idle clock runs only once we own partitions: joining is not idling
-                    joining = not self.consumer.assignment()
-                    if joining and time.monotonic() - started < self.join_grace_s:
-                        last_message = time.monotonic()
+                    # the idle clock runs only while we are in the group: joining is not idling
+                    now = time.monotonic()
+                    if self._in_group():
+                        joining_since, ever_joined = None, True
+                    else:
+                        joining_since = joining_since or now
+                        if now - joining_since < self.join_grace_s:
+                            last_message = now
                     if (
                         self.idle_exit_s is not None
                         and not writer.in_flight
-                        and time.monotonic() - last_message >= self.idle_exit_s
+                        and now - last_message >= self.idle_exit_s
                     ):
+                        if not ever_joined:
+                            log.warning(
+                                "exiting without ever joining the group in %.0fs: is another "
+                                "member stuck in it? Raise join_grace_s or the idle exit",
+                                self.join_grace_s,
+                            )
                         log.info("no message for %.1fs, exiting", self.idle_exit_s)
                         break
                     continue
@@ -320,25 +279,63 @@ class IngestLoop:
         self._commit_done(writer.drain())
         self._commit_done(writer.drain())
 
+    def _in_group(self) -> bool:
+        """True while the consumer is a settled member of its group (possibly with no
+        partitions: a group can have more members than partitions)."""
+        group_metadata = getattr(self.consumer, "group_metadata", None)
+        if group_metadata is None:  # in-memory test doubles
+            return bool(self.consumer.assignment())
+        return bool(group_metadata().state == MemberState.STABLE)
+
     def _listen_for_rebalance(self) -> None:
         subscription = getattr(self.consumer, "subscription", lambda: None)()
         # re-subscribing after a join would force a rebalance (which the local broker can
         # wedge on), so the listener is attached only before the first poll
         if subscription and not self.consumer.assignment():
-            self.consumer.subscribe(topics=sorted(subscription), listener=_DrainOnRevoke(self))
+            self.rebalance = DrainOnRevoke(
+                self.consumer, self._settle, drain_timeout_s=self.revoke_drain_s
+            )
+            self.consumer.subscribe(topics=sorted(subscription), listener=self.rebalance)
+
+    def _settle(self, timeout_s: float) -> dict[TopicPartition, int]:
+        """Rebalance listener (IO thread, consumer thread parked in poll): wait up to
+        ``timeout_s`` for the writer, account for what it stored; the offsets to commit."""
+        writer = self._writer
+        if writer is None or not writer.in_flight:
+            return {}
+        try:
+            done = writer.drain(timeout_s)
+        except Exception as exc:  # the writer keeps it; the consumer thread re-raises it
+            log.warning("batch write failed during a rebalance (%s); nothing committed", exc)
+            return {}
+        if writer.in_flight:
+            log.warning("%d batches still being written after %.1fs; their records go to "
+                        "the partitions' next owner again", writer.in_flight, timeout_s)
+        return self._account(done)
 
     def _write(self, batch: DecodedBatch) -> WriteResult:
         """Writer thread: one transaction, dead-letter forwarding, then the update hook."""
-        result = self.retry.call(
-            lambda: self.store.write_batch(
-                batch.events, batch.dead_letters, offsets=batch.sources
-            ),
-            should_stop=lambda: self._stop,
+
+        def write(
+            events: Sequence[Event],
+            letters: Sequence[DeadLetter],
+            sources: Sequence[tuple[int, int]],
+        ) -> WriteResult:
+            return self.retry.call(
+                lambda: self.store.write_batch(events, letters, offsets=sources),
+                should_stop=lambda: self._stop,
+            )
+
+        result, rejected = write_isolating(
+            write, batch.events, batch.dead_letters, batch.sources, batch.origins
         )
-        if batch.dead_letters and self.dead_letter_producer is not None:
-            for d in batch.dead_letters:
+        letters = [*batch.dead_letters, *rejected]
+        if letters and self.dead_letter_producer is not None:
+            for d in letters:
                 source = f"{d.topic}/{d.partition}/{d.offset}".encode()
-                headers = [("error", d.error.encode()), ("source", source)]
+                # the reason may quote the poison itself: escape what UTF-8 cannot carry
+                headers = [("error", d.error.encode("utf-8", "backslashreplace")),
+                           ("source", source)]
                 self.dead_letter_producer.send_raw(d.raw, headers=headers)
             self.dead_letter_producer.flush()
         if self.on_batch is not None:
@@ -346,8 +343,13 @@ class IngestLoop:
         return result
 
     def _commit_done(self, done: list[tuple[DecodedBatch, WriteResult]]) -> None:
-        if not done:
-            return
+        offsets = self._account(done)
+        if offsets:
+            self._commit(offsets)
+
+    def _account(self, done: list[tuple[DecodedBatch, WriteResult]]) -> dict[TopicPartition, int]:
+        """Add finished batches to the stats; their next offsets on partitions we still own
+        (a batch finished after its partition moved must not move the new owner back)."""
         offsets: dict[TopicPartition, int] = {}
         for batch, result in done:
             self.stats.stored += result.stored
@@ -355,30 +357,16 @@ class IngestLoop:
             self.stats.dead_letters += result.dead_letters
             self.stats.batches += 1
             offsets.update(batch.next_offsets)  # later batches carry higher offsets
-        self._commit(offsets)
+        if offsets:
+            owned = self.consumer.assignment()
+            offsets = {tp: off for tp, off in offsets.items() if tp in owned}
+        return offsets
 
     def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
-        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}
         try:
-            self.consumer.commit(offsets)
+            self.consumer.commit(offset_metadata(next_offsets))
         except (CommitFailedError, KafkaError) as exc:
             # the group rebalanced under us: another member will get these records again,
             # and the store's event_id uniqueness turns that redelivery into duplicates
             log.warning("offset commit failed (%s); the batch will be redelivered", exc)
 
-
-class _DrainOnRevoke(ConsumerRebalanceListener):
-    """Before partitions move to another member, finish and commit what we hold of them."""
-
-    def __init__(self, loop: IngestLoop) -> None:
-        self.loop = loop
-
-    def on_partitions_revoked(self, revoked: object) -> None:
-        writer = self.loop._writer
-        if writer is not None and writer.in_flight:
-            # on Stopped nothing is committed for the failed batch; it is redelivered
-            with contextlib.suppress(Stopped):
-                self.loop._commit_done(writer.drain())
-
-    def on_partitions_assigned(self, assigned: object) -> None:
-        pass

@@ -6,7 +6,10 @@ An event is a UTF-8 JSON object (see ../shared/DESIGN.md)::
      "event_type": str = "interaction", "weight": float > 0 = 1.0, "event_id": str?}
 
 Every rejection raises :class:`InvalidEvent` with a specific, human-readable reason; the
-consumer stores that reason beside the raw bytes in the dead-letter table.
+consumer stores that reason beside the raw bytes in the dead-letter table. Text the stores
+cannot hold is rejected here too: a NUL character (PostgreSQL text cannot contain it) and a
+lone UTF-16 surrogate (valid JSON, ``"\\ud800"``, but not Unicode text, so no driver can
+encode it).
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def parse_timestamp(value: object) -> float:
     if isinstance(value, bool):
         raise InvalidEvent("field 'ts' must be a number or an ISO-8601 string, got bool")
     if isinstance(value, int | float):
-        number = float(value)
+        number = _to_float(value, "ts")
     elif isinstance(value, str):
         text = value.strip()
         try:
@@ -117,6 +120,13 @@ def parse_timestamp(value: object) -> float:
             "(microseconds are not accepted)"
         )
     return number / 1000.0 if number >= MS_THRESHOLD else number
+
+
+def _to_float(value: int | float, name: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond any float
+        raise InvalidEvent(f"field '{name}' is too large: {str(value)[:32]}...") from None
 
 
 def _parse_iso(text: str) -> float:
@@ -149,7 +159,32 @@ def _text_field(data: dict[str, object], name: str, *, required: bool) -> str | 
         raise InvalidEvent(f"field '{name}' is empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidEvent(f"field '{name}' is longer than {MAX_ID_LENGTH} characters")
+    check_storable(value, name)
     return value
+
+
+def check_storable(value: str, name: str) -> None:
+    r"""Raise :class:`InvalidEvent` unless every store can hold ``value`` as text.
+
+    >>> check_storable("caf\u00e9", "user_id")
+    >>> check_storable("u\x00x", "user_id")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    stream.events.InvalidEvent: field 'user_id' contains a NUL character (U+0000) at position 1...
+    """
+    if "\x00" in value:
+        raise InvalidEvent(
+            f"field '{name}' contains a NUL character (U+0000) at position "
+            f"{value.index(chr(0))}, which PostgreSQL text cannot hold"
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidEvent(
+                f"field '{name}' contains a lone UTF-16 surrogate U+{ord(value[exc.start]):04X} "
+                f"at position {exc.start}: not Unicode text (a JSON \\u escape without its pair)"
+            ) from None
 
 
 def event_from_dict(data: object) -> Event:
@@ -167,7 +202,7 @@ def event_from_dict(data: object) -> Event:
         raw_weight = 1.0
     if isinstance(raw_weight, bool) or not isinstance(raw_weight, int | float):
         raise InvalidEvent(f"field 'weight' must be a number, got {type(raw_weight).__name__}")
-    weight = float(raw_weight)
+    weight = _to_float(raw_weight, "weight")
     if not math.isfinite(weight) or weight <= 0:
         raise InvalidEvent(f"field 'weight' must be a finite number > 0, got {raw_weight!r}")
     assert user_id is not None and item_id is not None  # required=True guarantees it
@@ -196,4 +231,6 @@ def decode_event(raw: bytes | None) -> Event:
         raise InvalidEvent(f"message is not UTF-8: {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"message is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except RecursionError:
+        raise InvalidEvent("message is JSON nested too deeply to parse") from None
     return event_from_dict(data)

@@ -18,6 +18,20 @@ class Stopped(RuntimeError):
     """A retry loop gave up because a stop was requested; the work was not done."""
 
 
+def _driver_error(error: BaseException) -> BaseException:
+    """The database driver's exception behind ``error`` (SQLAlchemy wraps it as ``orig``)."""
+    if isinstance(error, sa_exc.DBAPIError) and error.orig is not None:
+        return error.orig
+    return error
+
+
+def _pep249_kinds(error: BaseException) -> set[str]:
+    """PEP 249 class names (``OperationalError``, ``DataError``, ...) that ``error`` or the
+    driver error behind it is an instance of; SQLAlchemy's wrappers use the same names, and
+    the bulk paths raise the driver's own (psycopg, sqlite3) unwrapped."""
+    return {cls.__name__ for e in (error, _driver_error(error)) for cls in type(e).__mro__}
+
+
 def is_outage(error: BaseException) -> bool:
     """True for errors that mean "the database is unreachable or busy", worth waiting out.
 
@@ -28,16 +42,34 @@ def is_outage(error: BaseException) -> bool:
     """
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
-    if isinstance(error, sa_exc.InterfaceError):
+    kinds = _pep249_kinds(error)
+    if "InterfaceError" in kinds:
         return True
-    if isinstance(error, sa_exc.OperationalError):
+    if "OperationalError" in kinds:
         # SQLite raises OperationalError for bugs too ("no such table"); only lock and file
         # trouble is worth waiting out there
-        if type(error.orig).__module__.startswith("sqlite3"):
-            text = str(error.orig).lower()
+        orig = _driver_error(error)
+        if type(orig).__module__.startswith("sqlite3"):
+            text = str(orig).lower()
             return any(word in text for word in _SQLITE_TRANSIENT)
         return True
     return False
+
+
+def is_rejected_content(error: BaseException) -> bool:
+    """True when the database or its driver refused a *value* of the batch (text it cannot
+    encode or hold, a number out of range), so the same rows fail on every retry.
+
+    Neither an outage nor a bug: the batch can be split until the offending row is found.
+
+    >>> is_rejected_content(UnicodeEncodeError("utf-8", "\\ud800", 0, 1, "surrogates not allowed"))
+    True
+    >>> is_rejected_content(sa_exc.OperationalError("INSERT", {}, Exception("refused")))
+    False
+    """
+    if isinstance(error, UnicodeError) or isinstance(_driver_error(error), UnicodeError):
+        return True
+    return not is_outage(error) and "DataError" in _pep249_kinds(error)
 
 
 _SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")

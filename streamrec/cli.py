@@ -15,6 +15,13 @@ from rich.console import Console
 
 from streamrec.settings import Settings
 
+#: the model retrain, schedule and run fit when none is named; `evaluate` evaluates it: the
+#: trend-aware ranker over LightGCN base embeddings (models/trend)
+DEFAULT_MODEL = "trend"
+#: what `evaluate` evaluates without --models: what retrain serves, then the base embedding
+#: models (the trending baselines are always added); extend it with a new served model
+EVALUATE_MODELS: tuple[str, ...] = tuple(dict.fromkeys((DEFAULT_MODEL, "lightgcn", "pinsage")))
+
 app = typer.Typer(
     name="streamrec",
     help="A streaming temporal recommender: Kafka events -> graph store -> fresh embeddings.",
@@ -189,7 +196,7 @@ def ingest(
     ] = False,
     drift_model: Annotated[
         str, typer.Option(help="model of a drift-triggered retrain")
-    ] = "lightgcn",
+    ] = DEFAULT_MODEL,
     metrics_port: Annotated[
         int | None, typer.Option(help="serve Prometheus metrics (consumer lag, event counts, "
                                  "update latency) at http://0.0.0.0:PORT/metrics; 0: off "
@@ -206,7 +213,7 @@ def ingest(
     from store.embeddings import EmbeddingStore
     from store.engine import WalCheckpointer
     from store.graph import GraphStore
-    from stream.consumer import IngestLoop, make_consumer
+    from stream.consumer import IngestLoop, join_timeout_s, make_consumer
     from stream.producer import EventProducer
     from stream.retry import RetryPolicy
 
@@ -268,7 +275,7 @@ def ingest(
         idle_exit_s=idle_exit,
         retry=retry,
         dead_letter_producer=dlq,
-        join_grace_s=settings.kafka_max_poll_interval_ms / 1000 + 10,
+        join_grace_s=join_timeout_s(settings.kafka_max_poll_interval_ms),
         on_batch=on_batch,
         on_lag=None if metrics is None else metrics.set_lags,
     )
@@ -317,7 +324,9 @@ def _parse_ts(value: str | None) -> float | None:
 
 @app.command()
 def retrain(
-    model: Annotated[str, typer.Option(help="lightgcn, pinsage, mf or popularity")] = "lightgcn",
+    model: Annotated[str, typer.Option(
+        help="trend (the trend-aware ranker over LightGCN embeddings), lightgcn, pinsage, mf "
+             "or popularity")] = DEFAULT_MODEL,
     cutoff: Annotated[
         str | None, typer.Option(help="use events up to this time (epoch s or ISO-8601)")
     ] = None,
@@ -474,24 +483,39 @@ def evaluate(
     fmt: Annotated[str, typer.Option("--format", help="movielens, csv or jsonl")] = "movielens",
     from_store: Annotated[bool, typer.Option("--from-store", help="evaluate on the store")] = False,
     models: Annotated[
-        str, typer.Option("--models", help="comma-separated: popularity, popularity-recent, mf, "
-                          "lightgcn, pinsage")
-    ] = "popularity,popularity-recent,mf,lightgcn",
+        str | None, typer.Option("--models", help="comma-separated: lightgcn, pinsage, mf, "
+                                 "popularity, popularity-recent (default: what retrain serves "
+                                 f"plus the base embedding models: {','.join(EVALUATE_MODELS)});"
+                                 " the trending baselines are always added")
+    ] = None,
     k: Annotated[str, typer.Option("--k", help="comma-separated cut-offs")] = "10,20,50",
+    fit_on: Annotated[
+        str, typer.Option("--fit-on", help="train+valid: epochs chosen on validation, then "
+                          "refitted on everything before the test start, as retrain does; "
+                          "train: the model fitted on train")
+    ] = "train+valid",
     epochs: Annotated[int | None, typer.Option(help="epoch budget of trained models")] = None,
     recent_days: Annotated[float, typer.Option(help="window of popularity-recent")] = 7.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     streaming: Annotated[bool, typer.Option(help="also run the window-by-window report")] = True,
     streaming_retrain: Annotated[
         bool, typer.Option(help="refit every model before each window in the streaming report "
-                           "(the costly reference)")
-    ] = True,
+                           "(the costly reference; off by default)")
+    ] = False,
+    window_days: Annotated[
+        float | None, typer.Option(help="streaming window length in days (default: whole days "
+                                   "so that at most 30 windows span the test period)")
+    ] = None,
     max_windows: Annotated[
         int | None, typer.Option(help="at most this many streaming windows")
     ] = None,
     store: StoreOpt = None,
 ) -> None:
-    """Temporal-split evaluation report: report.md, report.html, metrics.json, PNG plots."""
+    """Temporal-split evaluation report: report.md, report.html, metrics.json, PNG plots.
+
+    Headline: each model's recall@20 over the best trending baseline (all-time, last-W-days
+    or decayed popularity, W and the half-life chosen on validation).
+    """
     from evaluation.data import load_file
     from evaluation.runner import run_evaluation
     from models import make_model, model_arguments
@@ -499,12 +523,16 @@ def evaluate(
     if (data is None) == (not from_store):
         console.print("[red]error:[/red] give exactly one of --data PATH or --from-store")
         raise typer.Exit(2)
+    if fit_on not in ("train", "train+valid"):
+        console.print(f"[red]error:[/red] --fit-on must be train or train+valid, got {fit_on!r}")
+        raise typer.Exit(2)
     try:
         ks = tuple(int(x) for x in k.split(","))
     except ValueError:
         console.print(f"[red]error:[/red] --k must be comma-separated integers, got {k!r}")
         raise typer.Exit(2) from None
-    names = [m.strip() for m in models.split(",") if m.strip()]
+    names = ([m.strip() for m in models.split(",") if m.strip()] if models is not None
+             else list(EVALUATE_MODELS))
     aliases = {"popularity-recent": ("popularity", {"window_seconds": recent_days * 86_400.0})}
     for name in names:
         base = aliases.get(name, (name, {}))[0]
@@ -517,7 +545,7 @@ def evaluate(
     def factory(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
         base, extra = aliases.get(name, (name, {}))
         accepted = set(model_arguments(base))
-        wanted = {**extra, **kwargs, "epochs": epochs}
+        wanted = {"epochs": epochs, **extra, **kwargs}  # the protocol sets the chosen epochs
         return make_model(base, **{a: v for a, v in wanted.items()
                                    if v is not None and a in accepted})
 
@@ -530,16 +558,23 @@ def evaluate(
             from store.graph import GraphStore
 
             graph, dataset = GraphStore(settings.store).snapshot(), "graph store"
-        result = run_evaluation(graph, names, model_factory=factory, ks=ks, seed=seed,
-                                streaming=streaming, streaming_retrain=streaming_retrain,
-                                max_windows=max_windows, out_dir=str(out), dataset_name=dataset)
+        result = run_evaluation(
+            graph, names, model_factory=factory, ks=ks, seed=seed, fit_on=fit_on,  # type: ignore[arg-type]
+            streaming=streaming, streaming_retrain=streaming_retrain,
+            window_seconds=None if window_days is None else window_days * 86_400.0,
+            max_windows=max_windows, out_dir=str(out), dataset_name=dataset)
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    headline = [f"{name}: recall@20={m.get('recall@20', float('nan')):.4f} "
-                f"ndcg@20={m.get('ndcg@20', float('nan')):.4f}"
-                for name, m in result["models"].items()]
-    print("\n".join(headline))
+    top = result.get("headline") or {}
+    for name, m in result["models"].items():
+        entry = top.get("entries", {}).get(name, {})
+        ratio = entry.get("ratio")
+        lo, hi = entry.get("difference_ci") or (None, None)
+        vs = "" if ratio is None else (f"  {ratio:.2f}x {top['best_baseline']} "
+                                       f"(difference CI [{lo:+.4f}, {hi:+.4f}])")
+        print(f"{name}: recall@20={m.get('recall@20', float('nan')):.4f} "
+              f"ndcg@20={m.get('ndcg@20', float('nan')):.4f}{vs}")
     print(f"report written to {out}/report.md, report.html, metrics.json")
 
 
@@ -571,7 +606,7 @@ def run(
     port: Annotated[int, typer.Option(help="HTTP API port")] = 8000,
     host: Annotated[str, typer.Option(help="HTTP API address")] = "127.0.0.1",
     cron: Annotated[str, typer.Option(help="retrain cron (UTC)")] = "0 3 * * *",
-    model: Annotated[str, typer.Option(help="model of the scheduled retrain")] = "lightgcn",
+    model: Annotated[str, typer.Option(help="model of the scheduled retrain")] = DEFAULT_MODEL,
     topic: TopicOpt = None,
     group: Annotated[str | None, typer.Option(help="consumer group")] = None,
     store: StoreOpt = None,
@@ -598,7 +633,9 @@ def schedule(
     cron: Annotated[
         str, typer.Option(help="when to retrain: 5-field crontab (6 with seconds first), UTC")
     ] = "0 3 * * *",
-    model: Annotated[str, typer.Option(help="lightgcn, pinsage, mf or popularity")] = "lightgcn",
+    model: Annotated[str, typer.Option(
+        help="trend (the trend-aware ranker over LightGCN embeddings), lightgcn, pinsage, mf "
+             "or popularity")] = DEFAULT_MODEL,
     epochs: Annotated[int | None, typer.Option(help="training epochs (model default)")] = None,
     dim: Annotated[int | None, typer.Option(help="embedding dimension")] = None,
     store: StoreOpt = None,
@@ -624,7 +661,7 @@ def schedule(
 @app.command()
 def demo(
     events: Annotated[int, typer.Option(help="synthetic events to stream")] = 20_000,
-    model: Annotated[str, typer.Option(help="model of the full retrain")] = "lightgcn",
+    model: Annotated[str, typer.Option(help="model of the full retrain")] = DEFAULT_MODEL,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     out: Annotated[Path, typer.Option(help="where the evaluation report goes")] = Path(

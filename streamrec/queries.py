@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.cold_start import DEFAULT_COLD_WINDOW_S, RecentPopularity
 from store.ann import ItemIndex
 from store.embedding_schema import NoActiveVersionError
 from store.embeddings import EmbeddingSnapshot, EmbeddingStore
 from store.graph import GraphStore
 
-DEFAULT_POPULAR_WINDOW_S = 7 * 86_400.0
+DEFAULT_POPULAR_WINDOW_S = DEFAULT_COLD_WINDOW_S
 DEFAULT_OVERLAY_MARGIN_S = 30.0
 #: User vectors (sampled with seed 0) that check the ANN index's recall when it is built.
 PROBES = 256
@@ -172,12 +173,12 @@ class QueryService:
         last = self.graph.last_event_time()
         if last is None:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        counts = self.graph.item_counts(since=last - self.popular_window_s)
+        fallback = RecentPopularity(self.popular_window_s)  # the rule models/ documents
+        counts = self.graph.item_counts(since=fallback.since(last))
         if len(counts) < num_items:
             counts = np.pad(counts, (0, num_items - len(counts)))
         counts = counts[:num_items]
-        order = np.lexsort((np.arange(num_items), -counts))  # ties: lower idx first
-        return order[counts[order] > 0], counts
+        return fallback.order(counts), counts
 
     @property
     def served(self) -> _Served:

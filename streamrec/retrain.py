@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from models import make_model, model_arguments
 from models.base import InteractionGraph, Recommender
+from models.trend import TrendRanker
+from models.trend.ranker import DEFAULT_BASE
 from store.embeddings import EmbeddingStore, VersionInfo
 from store.graph import GraphStore
 
@@ -63,7 +67,17 @@ class RetrainPlan:
             "epochs": self.epochs, "embedding_dim": self.dim, "seed": self.seed,
             "progress": self.progress, **self.extra,
         }
-        return {k: v for k, v in wanted.items() if v is not None and k in accepted}
+        kwargs = {k: v for k, v in wanted.items() if v is not None and k in accepted}
+        if "base_kwargs" in accepted:  # a ranker over a base model: --epochs/--dim are its
+            base = kwargs.get("base", DEFAULT_BASE)
+            if base is not None:
+                base_accepted = set(model_arguments(str(base)))
+                own = {"epochs": self.epochs, "embedding_dim": self.dim,
+                       "progress": self.progress}
+                kwargs["base_kwargs"] = {
+                    **{k: v for k, v in own.items() if v is not None and k in base_accepted},
+                    **dict(self.extra.get("base_kwargs", {}))}  # type: ignore[arg-type]
+        return kwargs
 
 
 def split_for_validation(
@@ -74,13 +88,13 @@ def split_for_validation(
         return graph, None
     t_split = float(np.quantile(graph.ts, 1.0 - fraction))
     train, valid = graph.subset(graph.ts < t_split), graph.subset(graph.ts >= t_split)
-    if train.num_edges == 0 or not _has_scorable_user(train, valid):
+    if train.num_edges == 0 or not has_scorable_user(train, valid):
         log.info("the validation window has no warm user with a new item; no validation")
         return graph, None
     return train, valid
 
 
-def _has_scorable_user(train: InteractionGraph, valid: InteractionGraph) -> bool:
+def has_scorable_user(train: InteractionGraph, valid: InteractionGraph) -> bool:
     """Whether some user of ``train`` has an item in ``valid`` they did not have in ``train``."""
     warm = np.isin(valid.user, train.user)
     seen = set(zip(train.user.tolist(), train.item.tolist(), strict=True))
@@ -90,11 +104,19 @@ def _has_scorable_user(train: InteractionGraph, valid: InteractionGraph) -> bool
 
 @dataclass
 class FitOutcome:
-    """The served model, its validation metrics, and the updater trained alongside it."""
+    """The served model, its validation metrics, and the updater trained alongside it.
+
+    Attributes:
+        model: the model to serve (refitted on all events for ``epochs`` when validated).
+        metrics: ``valid_recall@20``, ``best_epoch`` and the updater's figures, when known.
+        updater_state: the trained incremental updater's weights, or None.
+        epochs: the epoch count chosen on validation (None: nothing was selected).
+    """
 
     model: Recommender
     metrics: dict[str, float]
     updater_state: bytes | None = None
+    epochs: int | None = None
 
 
 def fit_model(plan: RetrainPlan, graph: InteractionGraph) -> FitOutcome:
@@ -103,28 +125,76 @@ def fit_model(plan: RetrainPlan, graph: InteractionGraph) -> FitOutcome:
     from the model fitted before it, and refit the model on all events."""
     kwargs = plan.model_kwargs()
     train, valid = split_for_validation(graph, plan.valid_fraction)
-    metrics: dict[str, float] = {}
-    model = make_model(plan.model, **kwargs)
     if valid is None:
-        return FitOutcome(model.fit(graph), metrics)
+        return FitOutcome(make_model(plan.model, **kwargs).fit(graph), {})
+    return fit_validated(partial(make_model, plan.model), kwargs, graph, train, valid,
+                         seed=plan.seed, progress=plan.progress,
+                         train_updater=plan.train_updater)
+
+
+def fit_validated(
+    make: Callable[..., Recommender],
+    kwargs: dict[str, object],
+    graph: InteractionGraph,
+    train: InteractionGraph,
+    valid: InteractionGraph,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    train_updater: bool = True,
+    refit: bool = True,
+) -> FitOutcome:
+    """What a retrain fits once ``graph`` is split into ``train`` and ``valid`` (later events):
+    ``make(**kwargs)`` fitted on train with early stopping on valid picks the epoch count; the
+    updater is trained on the valid window from that model; then ``make(**kwargs, epochs=best)``
+    is refitted on all of ``graph``. ``streamrec evaluate`` calls this too, so its refit is
+    the retrain's. ``refit=False`` serves the model fitted on train (no refit)."""
+    metrics: dict[str, float] = {}
+    model = make(**kwargs)
+    if isinstance(model, TrendRanker):
+        return _fit_ranker(model, graph, train, valid, seed=seed, progress=progress,
+                           train_updater=train_updater, refit=refit)
     model.fit(train, valid)
     history = getattr(model, "history_", None)
     if history is None or not history.valid:
         # nothing to select (e.g. popularity): the fit on all events is the model
-        return FitOutcome(make_model(plan.model, **kwargs).fit(graph), metrics)
+        return FitOutcome(make(**kwargs).fit(graph) if refit else model, metrics)
     metrics["valid_recall@20"] = float(history.best_metric or 0.0)
     metrics["best_epoch"] = float(history.best_epoch or len(history.loss))
+    epochs = max(1, int(metrics["best_epoch"]))
     state = None
-    if plan.train_updater:
-        state = _train_updater(plan, graph, model, valid.num_edges / graph.num_edges, metrics)
-    refit_kwargs = {**kwargs, "epochs": max(1, int(metrics["best_epoch"]))}
-    log.info("refitting %s on all %d events for %d epochs", plan.model, graph.num_edges,
-             refit_kwargs["epochs"])
-    return FitOutcome(make_model(plan.model, **refit_kwargs).fit(graph), metrics, state)
+    if train_updater:
+        state = _train_updater(graph, model, valid.num_edges / graph.num_edges, metrics,
+                               seed=seed, progress=progress)
+    if not refit:
+        return FitOutcome(model, metrics, state, epochs)
+    log.info("refitting on all %d events for %d epochs", graph.num_edges, epochs)
+    return FitOutcome(make(**{**kwargs, "epochs": epochs}).fit(graph), metrics, state, epochs)
 
 
-def _train_updater(plan: RetrainPlan, graph: InteractionGraph, early: Recommender,
-                   holdout: float, metrics: dict[str, float]) -> bytes | None:
+def _fit_ranker(ranker: TrendRanker, graph: InteractionGraph, train: InteractionGraph,
+                valid: InteractionGraph, *, seed: int, progress: bool, train_updater: bool,
+                refit: bool) -> FitOutcome:
+    """The ranker's own split fit (its base: early stopping on ``valid``, refit on
+    ``graph``), and the updater trained from the base fitted on ``train``."""
+    ranker.fit_split(graph if refit else train, train, valid)
+    metrics = {f"ranker_{key}": value for key, value in ranker.validation_.items()}
+    history = getattr(ranker.early_base_, "history_", None)
+    if history is not None and history.valid:
+        metrics["valid_recall@20"] = float(history.best_metric or 0.0)
+        metrics["best_epoch"] = float(history.best_epoch or len(history.loss))
+    state = None
+    if train_updater and ranker.early_base_ is not None:
+        state = _train_updater(graph, ranker.early_base_, valid.num_edges / graph.num_edges,
+                               metrics, seed=seed, progress=progress)
+    if ranker.base_epochs_ is not None:
+        metrics["base_epochs"] = float(ranker.base_epochs_)
+    # epochs=None: the ranker itself takes none (its base's count is in the metrics)
+    return FitOutcome(ranker, metrics, state, None)
+
+
+def _train_updater(graph: InteractionGraph, early: Recommender, holdout: float,
+                   metrics: dict[str, float], *, seed: int, progress: bool) -> bytes | None:
     """Live-update training: base = the model fitted before the held-back window."""
     from models.live_update import LiveUpdateHistory, train_live_update
 
@@ -133,8 +203,8 @@ def _train_updater(plan: RetrainPlan, graph: InteractionGraph, early: Recommende
         return None  # a 1-d popularity score has nothing for attention to work on
     history = LiveUpdateHistory()
     started = time.perf_counter()
-    module = train_live_update(graph, base, holdout=holdout, seed=plan.seed,
-                               progress=plan.progress, history=history)
+    module = train_live_update(graph, base, holdout=holdout, seed=seed,
+                               progress=progress, history=history)
     metrics["updater_seconds"] = time.perf_counter() - started
     if history.valid:
         metrics["updater_valid_recall@20"] = float(max(v for _, v in history.valid))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from store.embeddings import EmbeddingStore
 from store.engine import WalCheckpointer
 from store.graph import GraphStore
-from stream.consumer import IngestLoop, IngestStats, make_consumer
+from stream.consumer import IngestLoop, IngestStats, join_timeout_s, make_consumer
 from stream.retry import RetryPolicy
 from streamrec.live import LiveUpdater
 from streamrec.metrics import Metrics
@@ -68,7 +68,7 @@ def run_all(settings: Settings, options: RunOptions) -> IngestStats:
                              max_poll_interval_ms=settings.kafka_max_poll_interval_ms)
     loop = IngestLoop(consumer, graph, batch_size=settings.batch_size, on_batch=on_batch,
                       retry=retry,
-                      join_grace_s=settings.kafka_max_poll_interval_ms / 1000 + 10,
+                      join_grace_s=join_timeout_s(settings.kafka_max_poll_interval_ms),
                       on_lag=metrics.ingest.set_lags)
 
     def _stop(signum: int, _frame: object) -> None:

@@ -24,6 +24,9 @@ from models.trend.tuning import (
     validation_steps,
 )
 
+#: the base embedding model of a ranker built without one named
+DEFAULT_BASE = "lightgcn"
+
 
 class TrendRanker(Recommender):
     """Ranks by the trend of each item, moved per user by what their recent items lead to.
@@ -39,7 +42,8 @@ class TrendRanker(Recommender):
         base: an unfitted embedding model (e.g. ``LightGCN()``, or a name for
             ``models.make_model`` such as ``"lightgcn"``, built with ``seed``) whose inner
             products may enter the score, and which provides :meth:`user_embeddings` /
-            :meth:`item_embeddings`; ``None``: none. (default: ``None``)
+            :meth:`item_embeddings`; ``None``: none, a count model. (default:
+            ``"lightgcn"``)
         base_kwargs: keyword arguments for a base given by name. (default: none)
         short_half_lives_days, long_half_lives_days, long_weights, covis_weights,
             embedding_weights: the grids searched (``inf`` = all-time counts).
@@ -58,7 +62,7 @@ class TrendRanker(Recommender):
     >>> rng = np.random.default_rng(0)
     >>> g = InteractionGraph.from_arrays(rng.integers(0, 40, 600), rng.integers(0, 30, 600),
     ...                                  np.sort(rng.uniform(0, 20 * DAY, 600)))
-    >>> ranker = TrendRanker().fit(g)
+    >>> ranker = TrendRanker(base=None).fit(g)
     >>> ranker.score(torch.tensor([0, 39])).shape
     torch.Size([2, 30])
     >>> sorted(ranker.fitted_params().as_dict())[:2]
@@ -72,7 +76,7 @@ class TrendRanker(Recommender):
 
     def __init__(
         self,
-        base: Recommender | str | None = None,
+        base: Recommender | str | None = DEFAULT_BASE,
         *,
         base_kwargs: dict[str, object] | None = None,
         short_half_lives_days: Sequence[float] = SHORT_HALF_LIVES_DAYS,
@@ -103,12 +107,25 @@ class TrendRanker(Recommender):
         self.params_: TrendParams | None = None
         self.state_: TrendState | None = None
         self.base_: Recommender | None = None
+        self.early_base_: Recommender | None = None
+        self.base_epochs_: int | None = None
         self.validation_: dict[str, float] = {}
         self._num_users = 0
 
     def __repr__(self) -> str:
         return (f"TrendRanker(base={self._base_name()}, window={self.window}, "
                 f"n_recent={self.n_recent})")
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TrendRanker:
+        # the fitted bases are read-only after fit and hold sparse CSR tensors, which torch
+        # cannot deep-copy: copies share them and own everything else (the state above all)
+        shared = {id(self.base_), id(self.early_base_)}
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = value if id(value) in shared and value is not None else \
+                copy.deepcopy(value, memo)
+        return clone
 
     # -- fitting ------------------------------------------------------------------------
     def _base_name(self) -> str | None:
@@ -131,40 +148,55 @@ class TrendRanker(Recommender):
 
     def fit(self, graph: InteractionGraph, valid: InteractionGraph | None = None
             ) -> TrendRanker:
-        """Choose the parameters on validation, then build the state on all of ``graph``."""
-        train = graph
-        if valid is None and graph.num_edges >= 100:
-            cut = float(np.quantile(graph.ts, 1.0 - self.valid_fraction))
-            train, valid = graph.subset(graph.ts < cut), graph.subset(graph.ts >= cut)
+        """Without ``valid``: hold back the newest ``valid_fraction`` of ``graph`` to choose
+        the parameters (and the base's epochs), then build the state on all of it (what
+        ``streamrec retrain`` serves). With ``valid`` (later events): choose on it, keep the
+        state and base fitted on ``graph`` alone."""
+        if valid is not None:
+            return self.fit_split(graph, graph, valid)
+        if graph.num_edges < 100:
+            return self.fit_split(graph, graph, None)
+        cut = float(np.quantile(graph.ts, 1.0 - self.valid_fraction))
+        return self.fit_split(graph, graph.subset(graph.ts < cut), graph.subset(graph.ts >= cut))
+
+    def fit_split(self, graph: InteractionGraph, train: InteractionGraph,
+                  valid: InteractionGraph | None) -> TrendRanker:
+        """Choose the parameters by walking ``valid`` from a state built on ``train`` (the
+        base fitted on ``train`` with early stopping on ``valid``), then build the state on
+        ``graph`` and refit the base on it for the chosen epochs (unless ``graph`` is
+        ``train``). The base fitted on ``train`` stays as :attr:`early_base_` (a retrain
+        trains the incremental updater from it)."""
         half_lives = self._half_lives()
-        base_dots = None
-        early = None
         template = self._base_template()
-        if template is not None:
-            early = copy.deepcopy(template).fit(train, valid)
-            base_dots = _dots(early)
+        early = copy.deepcopy(template).fit(train, valid) if template is not None else None
+        steps = []
         if valid is not None and valid.num_edges and train.num_edges:
             state = TrendState.from_graph(train, half_lives, window=self.window,
                                           n_recent=self.n_recent)
             steps = validation_steps(state, train, valid, half_lives=half_lives,
-                                     horizon=self.horizon_seconds, base_dots=base_dots,
+                                     horizon=self.horizon_seconds,
+                                     base_dots=None if early is None else _dots(early),
                                      k=self.k, seed=self.seed)
+        if steps:
             self.params_, self.validation_ = tune(
                 steps,
                 short_half_lives=[h * DAY for h in self.short_half_lives_days],
                 long_half_lives=[h * DAY for h in self.long_half_lives_days],
                 long_weights=self.long_weights, covis_weights=self.covis_weights,
                 embedding_weights=self.embedding_weights)
-        else:  # too little data to choose: the middle of the grids, no personal terms
+        else:  # nothing to choose on: the first short half-life, no personal terms
             self.params_ = TrendParams(self.short_half_lives_days[0] * DAY,
                                        self.long_half_lives_days[-1] * DAY, 0.0, 0.0)
-        full_history = graph  # with a given ``valid``, that window only chooses parameters
-        self.state_ = TrendState.from_graph(full_history, half_lives, window=self.window,
+            self.validation_ = {}
+        self.state_ = TrendState.from_graph(graph, half_lives, window=self.window,
                                             n_recent=self.n_recent)
+        self.early_base_ = early
         self.base_ = None
+        self.base_epochs_: int | None = None
         if template is not None and early is not None:
-            self.base_ = _refit(template, early, full_history)
-        self._num_users = full_history.num_users
+            self.base_, self.base_epochs_ = (early, None) if graph is train else _refit(
+                template, early, graph)
+        self._num_users = graph.num_users
         return self
 
     def update(self, users: Sequence[int] | np.ndarray, items: Sequence[int] | np.ndarray,
@@ -201,6 +233,13 @@ class TrendRanker(Recommender):
                 z = standardised(_dots(self.base_)(u[known]))
                 out[known, : z.shape[1]] += params.embedding_weight * z
         return torch.from_numpy(out).float()
+
+    def serving_state(self) -> bytes:
+        """The fitted parameters and state as bytes for a version
+        (:func:`models.trend.serving.from_bytes` reads them back)."""
+        from models.trend.serving import to_bytes
+
+        return to_bytes(self._state(), self.fitted_params())
 
     def cold_scores(self, history: InteractionGraph) -> torch.Tensor:
         """float32 ``[history.num_items]``: a user without events gets the trend term at
@@ -260,13 +299,16 @@ def _dots(model: Recommender):
     return dots
 
 
-def _refit(template: Recommender, early: Recommender, graph: InteractionGraph) -> Recommender:
+def _refit(template: Recommender, early: Recommender, graph: InteractionGraph
+           ) -> tuple[Recommender, int | None]:
     """``template`` refitted on ``graph`` with the epoch count validation chose for
-    ``early`` (as ``streamrec retrain`` refits its model)."""
+    ``early`` (as ``streamrec retrain`` refits its model), and that count."""
     refit = copy.deepcopy(template)
     history = getattr(early, "history_", None)
     best = getattr(history, "best_epoch", None) if history is not None else None
+    epochs = None
     if best and hasattr(refit, "epochs"):
-        refit.epochs = max(1, int(best))  # type: ignore[attr-defined]
-    return refit.fit(graph)
+        epochs = max(1, int(best))
+        refit.epochs = epochs  # type: ignore[attr-defined]
+    return refit.fit(graph), epochs
 

@@ -4,6 +4,8 @@ lead to, and the base's nearest items) instead of the whole catalogue."""
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,3 +101,19 @@ class TrendTopK:
         v = np.asarray(rows.T @ weights).ravel()  # [I], dense: transitions rows are short
         hit = np.flatnonzero(v > 0)
         return hit.astype(np.int64), v[hit] * self._inv[hit]
+
+
+def to_bytes(state: TrendState, params: TrendParams) -> bytes:
+    """What a version publishes for serving: the parameters and the state (``.npz``)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, params=np.frombuffer(json.dumps(params.as_dict()).encode(), np.uint8),
+             state=np.frombuffer(state.to_bytes(), np.uint8))
+    return buffer.getvalue()
+
+
+def from_bytes(data: bytes) -> tuple[TrendState, TrendParams]:
+    """Inverse of :func:`to_bytes`."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        params = TrendParams.from_dict(json.loads(z["params"].tobytes().decode()))
+        state = TrendState.from_bytes(z["state"].tobytes())
+    return state, params

@@ -84,7 +84,7 @@ def _strip_timing(value):
 
 
 def test_report_files_exist_and_parse(graph, tmp_path):
-    result = _run(graph, out_dir=tmp_path)
+    result = _run(graph, out_dir=tmp_path, streaming_retrain=True)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == result
     assert {"split", "models", "streaming"} <= on_disk.keys()
@@ -98,13 +98,21 @@ def test_report_files_exist_and_parse(graph, tmp_path):
         assert all(k == k.lower() for k in m)
     assert on_disk["split"]["t2_iso"].endswith("Z")
     # every model with embeddings of dim >= 2 also runs as "base + incremental updates"
+    # and the baselines are refreshed at the same cadence; approaches are named after models
     assert on_disk["streaming"]["summary"].keys() == {
         "popular (stale)", "random (stale)", "random (+incremental)", "popular (retrain)",
-        "random (retrain)", "popularity (refreshed)"}
+        "random (retrain)", "pop-alltime (refreshed)", "pop-recent (refreshed)",
+        "pop-decayed (refreshed)"}
+    roles = on_disk["streaming"]["approach_info"]
+    assert roles["random (+incremental)"] == {"model": "random", "kind": "incremental",
+                                              "baseline": False, "updater": "untrained"}
+    assert roles["pop-recent (refreshed)"]["baseline"] is True
+    assert "window_policy" in on_disk["streaming"]
     html = (tmp_path / "report.html").read_text()
     assert html.count('<img alt="') == 3 and "data:image/png;base64," in html
     md = (tmp_path / "report.md").read_text()
-    for needle in ("tiny", "|P ∩ R| / min(|P|, K)", "popularity fallback", "torch-geometric",
+    for needle in ("tiny", "|P ∩ R| / min(|P|, K)", "cold_scores", "torch-geometric",
+                   "Headline", "best trending baseline",
                    on_disk["split"]["t1_iso"], "seed 3"):
         assert needle in md, needle
     for png in ("metrics_vs_k.png", "streaming.png", "activity.png"):

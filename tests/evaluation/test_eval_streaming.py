@@ -83,7 +83,9 @@ def test_prefitted_stale_model_and_unknown_users_fall_back(graph):
     approach = StaleApproach(model, trained_on=graph.before(100.0))
     approach.prepare(graph.before(200.0), 200.0)
     assert model.fits == 1
-    assert approach.score(torch.tensor([2])).tolist() == [[2.0, 1.0, 0.0, 1.0]]
+    # the unknown user gets recommend's fallback recounted on everything before t=200
+    # (the service recounts it live): [2, 2, 1, 1], not the base's training counts
+    assert approach.score(torch.tensor([2])).tolist() == [[2.0, 2.0, 1.0, 1.0]]
 
 
 def test_windows_without_users_are_skipped_and_max_windows_truncates(graph):
@@ -103,3 +105,45 @@ def test_bad_arguments_fail_fast(graph):
         evaluate_streaming(graph, {"pop": PopularityApproach()}, start=100.0, window_seconds=0)
     with pytest.raises(RuntimeError, match="before prepare"):
         PopularityApproach().score(torch.tensor([0]))
+
+
+def test_a_long_test_period_gets_at_most_30_windows_and_says_so():
+    from evaluation.runner import run_evaluation
+
+    rng = np.random.default_rng(1)
+    n = 2000  # 8000 days of events: the test tenth spans ~800 days
+    ts = np.sort(rng.uniform(0, 8000 * 86_400.0, n))
+    graph = InteractionGraph.from_arrays(rng.integers(0, 50, n), rng.integers(0, 40, n), ts)
+    out = run_evaluation(graph, [], ks=(5,), n_bootstrap=5, progress=False)
+    st = out["streaming"]
+    assert st["n_windows"] == st["total_windows"] <= 30
+    assert st["window_seconds"] % 86_400.0 == 0 and st["window_seconds"] > 86_400.0
+    assert "windows (at most 30) span the test period" in st["window_policy"]
+    assert st["retrain"].startswith("off")
+    assert st["best_baseline"] in {"pop-alltime (refreshed)", "pop-recent (refreshed)",
+                                   "pop-decayed (refreshed)"}
+    assert st["summary"][st["best_baseline"]]["ratio_to_best_baseline"] == 1.0
+
+
+class Stateful(Counting):
+    """Counts kept fresh per event by ``update``, scored by its own ``score``."""
+
+    def update(self, users, items, ts):
+        self.counts = self.counts + torch.from_numpy(
+            np.bincount(items, minlength=len(self.counts)))
+
+    def score(self, users):
+        return self.counts.float().expand(len(users), -1)
+
+
+def test_a_model_with_per_event_state_streams_through_its_own_update(graph):
+    from evaluation.incremental import StatefulApproach
+
+    model = Stateful().fit(graph.before(100.0))
+    fresh = StatefulApproach(model, trained_on=graph.before(100.0))
+    out = evaluate_streaming(graph, {"stale": StaleApproach(model, trained_on=graph.before(
+        100.0)), "fresh": fresh}, start=100.0, window_seconds=100.0, k=1)
+    # as the refreshed counts above: window 2 sends u0 to item 2 (a hit), the stale base to 3
+    assert out["windows"][1]["results"]["fresh"]["recall@1"] == 1.0
+    assert out["windows"][1]["results"]["stale"]["recall@1"] == 0.5
+    assert model.counts.tolist() == [2, 1, 0, 1]  # the stale base was not touched

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterable
 
 from store.graph import GraphStore
@@ -13,6 +14,11 @@ from stream.events import Event
 from stream.producer import EventProducer, ensure_topic
 
 POLL_INTERVAL_MS = 2000  # the local broker's first JoinGroup waits about this long
+
+
+def new_group(prefix: str = "g") -> str:
+    """A fresh consumer group name (the local broker wedges a group a consumer left mid-join)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def produce(bootstrap: str, topic: str, events: Iterable[Event], partitions: int = 4) -> int:

@@ -21,7 +21,7 @@ FAST: dict[str, dict[str, object]] = {
                      device="cpu"),
     "pinsage": dict(embedding_dim=16, epochs=4, batch_size=64, lr=0.01, num_negatives=32,
                     progress=False, device="cpu"),
-    "trend": {},
+    "trend": {"base": None},
 }
 #: models whose fit draws random numbers (the trend ranker without a base is a count model)
 SEEDED = [name for name in FAST if name not in ("popularity", "trend")]

@@ -105,7 +105,7 @@ def chains(n_users: int = 120, seed: int = 0) -> InteractionGraph:
 
 def test_fit_learns_the_transitions_and_ranks_the_next_chain_item() -> None:
     g = chains()
-    ranker = TrendRanker(k=1, horizon_seconds=None, seed=0).fit(g)
+    ranker = TrendRanker(None, k=1, horizon_seconds=None, seed=0).fit(g)
     params = ranker.fitted_params()
     assert params.covis_weight > 0
     summary = ranker.fitted_summary()
@@ -123,7 +123,7 @@ def test_fit_learns_the_transitions_and_ranks_the_next_chain_item() -> None:
 
 def test_updates_move_the_ranking_without_a_refit() -> None:
     g = random_stream()
-    ranker = TrendRanker().fit(g)
+    ranker = TrendRanker(None).fit(g)
     t = float(g.ts.max())
     before = ranker.score(torch.tensor([0]))[0]
     ranker.update(np.arange(20), np.full(20, 14), np.full(20, t + 60))
@@ -135,9 +135,9 @@ def test_choice_reads_only_the_validation_window() -> None:
     g = random_stream(600)
     cut = float(np.quantile(g.ts, 0.8))
     history = g.subset(g.ts < cut)
-    a = TrendRanker().fit(history)
+    a = TrendRanker(None).fit(history)
     # events after the history cannot change what fit chose on it
-    b = TrendRanker().fit(history.subset(np.ones(history.num_edges, dtype=bool)))
+    b = TrendRanker(None).fit(history.subset(np.ones(history.num_edges, dtype=bool)))
     assert a.fitted_params() == b.fitted_params()
 
 
@@ -173,7 +173,7 @@ def test_state_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="differ in length"):
         TrendState(3, half_lives=(DAY,)).update([0], [0, 1], [0.0])
     with pytest.raises(RuntimeError, match="not fitted"):
-        TrendRanker().score(torch.tensor([0]))
+        TrendRanker(None).score(torch.tensor([0]))
 
 
 def test_state_round_trips_through_bytes() -> None:

@@ -50,3 +50,16 @@ def test_failure_stops_later_batches_and_is_reraised() -> None:
     with pytest.raises(RuntimeError, match="disk on fire"):
         writer.drain()
     writer.close()
+
+
+def test_drain_with_a_timeout_leaves_slow_batches_in_flight() -> None:
+    gate = threading.Event()
+    writer = BatchWriter(lambda b: gate.wait(5) and b if b == 2 else b, depth=4)
+    for k in range(1, 4):
+        writer.submit(k)
+    started = time.monotonic()
+    assert [b for b, _ in writer.drain(timeout_s=0.2)] == [1]  # 2 is stuck, 3 waits behind it
+    assert 0.15 <= time.monotonic() - started < 2 and writer.in_flight == 2
+    gate.set()
+    assert [b for b, _ in writer.drain()] == [2, 3] and writer.in_flight == 0
+    writer.close()

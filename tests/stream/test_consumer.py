@@ -10,7 +10,8 @@ from kafka import TopicPartition
 from sqlalchemy import exc as sa_exc
 
 from store.graph import GraphStore
-from stream.consumer import IngestLoop, decode_records
+from stream.consumer import IngestLoop
+from stream.decoded import decode_records
 from stream.events import Event
 from stream.retry import RetryPolicy, Stopped
 
@@ -21,18 +22,19 @@ TP = TopicPartition("events", 0)
 class ListConsumer:
     """Serves fixed records once, like a single-partition consumer; remembers commits."""
 
-    def __init__(self, values: list[bytes]) -> None:
+    def __init__(self, values: list[bytes | None], tp: TopicPartition = TP) -> None:
         self.records = [Record(k, v) for k, v in enumerate(values)]
         self.position = 0
         self.commits: list[dict] = []
+        self.tp = tp
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:
         chunk = self.records[self.position : self.position + max_records]
         self.position += len(chunk)
-        return {TP: chunk} if chunk else {}
+        return {self.tp: chunk} if chunk else {}
 
     def assignment(self) -> set:
-        return {TP}
+        return {self.tp}
 
     def commit(self, offsets: dict) -> None:
         self.commits.append({tp: o.offset for tp, o in offsets.items()})

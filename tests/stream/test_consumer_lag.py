@@ -9,7 +9,8 @@ from kafka import TopicPartition
 from kafka.errors import IllegalStateError
 
 from store.graph import GraphStore
-from stream.consumer import IngestLoop, LagMeter, make_consumer
+from stream.consumer import IngestLoop, make_consumer
+from stream.lag import LagMeter
 from stream.synthetic import generate
 from tests.integration.helpers import POLL_INTERVAL_MS, produce
 

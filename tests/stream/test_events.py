@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -66,10 +67,19 @@ def _raw(**fields: object) -> bytes:
         (_raw(weight="1"), "field 'weight' must be a number, got str"),
         (_raw(event_type=3), "field 'event_type' must be a string"),
         (_raw(event_id=""), "field 'event_id' is empty"),
+        # valid JSON that no store can hold as text
+        (b'{"user_id": "u\\ud800x", "item_id": "i", "ts": 1}', "lone UTF-16 surrogate U+D800"),
+        (_raw(item_id="i\udfff"), "field 'item_id' contains a lone UTF-16 surrogate U+DFFF"),
+        (_raw(event_id="e\ud800", user_id="u"), "field 'event_id' contains a lone"),
+        (_raw(user_id="u\u0000x"), "field 'user_id' contains a NUL character"),
+        (_raw(event_type="\x00"), "field 'event_type' contains a NUL character"),
+        (_raw(ts=10**400), "field 'ts' is too large"),
+        (_raw(weight=10**400), "field 'weight' is too large"),
+        (b"[" * 100_000, "nested too deeply"),
     ],
 )
 def test_rejections_have_specific_reasons(raw: bytes | None, reason: str) -> None:
-    with pytest.raises(InvalidEvent, match=reason) as info:
+    with pytest.raises(InvalidEvent, match=re.escape(reason)) as info:
         decode_event(raw)
     assert reason in info.value.reason
 
@@ -92,3 +102,8 @@ def test_derived_event_id_is_content_based() -> None:
 def test_round_trip_through_the_wire() -> None:
     e = Event.create("u1", "i1", 12.5, "click", 3.0)
     assert decode_event(e.to_json()) == e
+
+
+def test_astral_characters_and_escaped_pairs_are_accepted() -> None:
+    e = decode_event(b'{"user_id": "u\\ud83d\\ude00", "item_id": "caf\xc3\xa9", "ts": 1}')
+    assert (e.user_id, e.item_id) == ("u\U0001f600", "caf\u00e9")
