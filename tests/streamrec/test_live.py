@@ -172,7 +172,7 @@ def test_a_new_base_is_replayed_on_a_quiet_stream(setup) -> None:
         for start in range(2200, 2600, 100):  # batches, folded fast in arrival order
             live(graph.write_batch(events[start:start + 100][::-1]))
         assert _wait(lambda: live.unsettled == 0)  # the pause settles them canonically
-        settled = embeddings.load()
+    settled = embeddings.load()  # the watcher has stopped: its last sync is committed
     fresh = LiveUpdater(graph, embeddings, device="cpu")
     fresh.sync()  # from the base: canonical
     again = embeddings.load()
