@@ -26,7 +26,7 @@ from stream.synthetic import generate
 from streamrec.queries import QueryService
 from streamrec.retrain import RetrainPlan, retrain
 
-VECTORS = ("lightgcn", "gaussian")
+VECTORS = ("lightgcn", "trend", "gaussian")
 
 
 def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
@@ -34,6 +34,8 @@ def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
     """A SQLite store over ``items`` items and ``users`` users (ids ``i<N>``, ``u<N>``) with an
     active version (dim 64).
 
+    ``vectors="trend"``: the same store served by the trend ranker over that LightGCN (its
+    parameters chosen on the newest 10% of events), as ``streamrec retrain`` publishes it.
     ``vectors="lightgcn"``: the seeded synthetic stream (stream.synthetic, ``events_per_user``
     events per user) plus one event by a random user for each item it never touched, and a
     LightGCN trained on it for ``epochs`` epochs through ``streamrec.retrain``, as a
@@ -45,7 +47,7 @@ def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
     rng = np.random.default_rng(seed)
     graph = GraphStore(f"sqlite:///{path}")
     store = EmbeddingStore(graph.engine)
-    if vectors == "lightgcn":
+    if vectors in ("lightgcn", "trend"):
         stream = generate(n_events=users * events_per_user, n_users=users, n_items=items,
                           seed=seed)
         evs = list(stream.events())
@@ -55,9 +57,9 @@ def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
                 enumerate(zip(rng.integers(0, users, len(untouched)), untouched, strict=True))]
         for lo in range(0, len(evs), 50_000):
             graph.write_batch(evs[lo: lo + 50_000])
-        retrain(graph, store, RetrainPlan(model="lightgcn", epochs=epochs, dim=64,
-                                          valid_fraction=0, train_updater=False,
-                                          progress=False, seed=seed))
+        retrain(graph, store, RetrainPlan(model=vectors, epochs=epochs, dim=64,
+                                          valid_fraction=0.1 if vectors == "trend" else 0,
+                                          train_updater=False, progress=False, seed=seed))
         return graph
     # every item appears once so the id space has `items` items; then user histories
     batch = [Event.create("u0", f"i{i}", 1_700_000_000 + i) for i in range(items)]
@@ -100,8 +102,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vectors", default="gaussian", choices=VECTORS,
-                    help="the active version: random Gaussian vectors (the ANN worst case) or "
-                         "a LightGCN trained on the synthetic stream (see build())")
+                    help="the active version: random Gaussian vectors (the ANN worst case), "
+                         "a LightGCN trained on the synthetic stream, or the trend ranker "
+                         "over it (see build())")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,8 +61,12 @@ class FittedModel:
         return self.spec.make(**{**self.spec.kwargs, **extra})
 
     def info(self, fit_on: str) -> dict[str, object]:
-        """model_info fields: class, hyper-parameters, chosen epochs, fit time."""
-        return {"class": type(self.model).__name__, "baseline": False,
+        """model_info fields: class, hyper-parameters, chosen epochs, fit time, and what a
+        model that chooses its own parameters on validation chose (``fitted``, e.g. the
+        trend ranker's half-lives and weights)."""
+        summary = getattr(self.model, "fitted_summary", None)
+        extra = summary() if callable(summary) else {}
+        return {"class": type(self.model).__name__, "baseline": False, **extra,
                 "hyper_parameters": self.model.hyper_parameters(),
                 "seeded": self.spec.seeded, "fit_on": fit_on, "epochs": self.epochs,
                 "epochs_chosen_on": "validation" if self.epochs is not None else None,

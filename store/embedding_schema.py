@@ -54,6 +54,8 @@ embedding_versions = Table(
     Column("num_items", Integer, nullable=False),
     Column("status", String(16), nullable=False),
     Column("updater_state", LargeBinary, nullable=True, comment="torch-serialised updater"),
+    Column("ranker_state", LargeBinary, nullable=True,
+           comment="the trend ranker's parameters and state over the events the base saw"),
     Column("ingest_seq", BigInteger, nullable=True,
            comment="the store's ingest sequence at the snapshot: interactions.id <= it seen"),
     CheckConstraint(
@@ -92,13 +94,16 @@ embedding_active = Table(
 
 
 def upgrade(engine: Engine) -> None:
-    """Add the columns newer than a store's tables (``embedding_versions.ingest_seq``);
+    """Add the columns newer than a store's tables (``embedding_versions.ingest_seq``,
+    ``.ranker_state``);
     ``create_all`` creates missing tables only. A version without an ingest sequence is
     replayed by event time alone (see store/event_log.py)."""
     columns = {c["name"] for c in inspect(engine).get_columns("embedding_versions")}
-    if "ingest_seq" not in columns:
-        with engine.begin() as conn:
-            conn.execute(text("ALTER TABLE embedding_versions ADD COLUMN ingest_seq BIGINT"))
+    blob = "BYTEA" if engine.dialect.name == "postgresql" else "BLOB"
+    for name, kind in (("ingest_seq", "BIGINT"), ("ranker_state", blob)):
+        if name not in columns:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE embedding_versions ADD COLUMN {name} {kind}"))
 
 
 class EmbeddingStoreError(RuntimeError):
@@ -140,6 +145,7 @@ class VersionInfo:
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     has_updater_state: bool = False
+    has_ranker_state: bool = False
     ingest_seq: int | None = None
     """The store's ingest sequence when the retrain took its snapshot: it trained on the
     events with ``interactions.id <= ingest_seq`` and ``ts <= cutoff`` (None: unknown)."""
@@ -156,8 +162,9 @@ class VersionInfo:
 def version_columns() -> list[Column]:
     """Every column of ``embedding_versions`` needed for :class:`VersionInfo`."""
     t = embedding_versions
-    return [c for c in t.c if c.name != "updater_state"] + [
-        t.c.updater_state.is_not(None).label("has_updater_state")
+    return [c for c in t.c if c.name not in ("updater_state", "ranker_state")] + [
+        t.c.updater_state.is_not(None).label("has_updater_state"),
+        t.c.ranker_state.is_not(None).label("has_ranker_state"),
     ]
 
 
@@ -178,6 +185,7 @@ def version_from_row(row: Any) -> VersionInfo:
         hyper_parameters=json.loads(m["hyper_parameters"]),
         metrics=json.loads(m["metrics"]),
         has_updater_state=bool(m["has_updater_state"]),
+        has_ranker_state=bool(m["has_ranker_state"]),
         ingest_seq=None if m["ingest_seq"] is None else int(m["ingest_seq"]),
     )
 

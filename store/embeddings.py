@@ -89,6 +89,7 @@ class EmbeddingStore:
         metrics: dict[str, Any],
         updater_state: bytes | None = None,
         ingest_seq: int | None = None,
+        ranker_state: bytes | None = None,
     ) -> int:
         """Publish a new version (status ``ready``); it is served only after :meth:`activate`.
 
@@ -99,6 +100,8 @@ class EmbeddingStore:
             item_vectors: ``[num_items, dim]``, the same ``dim``.
             hyper_parameters, metrics: JSON-serialisable dicts (numpy scalars are fine).
             updater_state: torch-serialised incremental updater, published with the version.
+            ranker_state: the trend ranker's parameters and state
+                (:meth:`models.trend.TrendRanker.serving_state`), served with the version.
             ingest_seq: the graph store's ingest sequence at the training snapshot
                 (:meth:`~store.graph.GraphStore.snapshot_seen`); with it the live updater
                 replays exactly the events the base did not see, late ones included.
@@ -128,6 +131,7 @@ class EmbeddingStore:
             "status": "building",
             "updater_state": bytes(updater_state) if updater_state is not None else None,
             "ingest_seq": None if ingest_seq is None else int(ingest_seq),
+            "ranker_state": bytes(ranker_state) if ranker_state is not None else None,
         }
         with self._writer.begin() as conn:
             created = conn.execute(insert(es.embedding_versions), row)
@@ -277,7 +281,7 @@ class EmbeddingStore:
         conn.execute(o.delete().where(o.c.base_version_id.in_(version_ids)))
         conn.execute(
             update(t).where(t.c.id.in_(version_ids)),
-            {"pruned_at": now, "updater_state": None},
+            {"pruned_at": now, "updater_state": None, "ranker_state": None},
         )
 
     def active_version(self, conn: Connection | None = None) -> VersionInfo | None:
@@ -314,10 +318,17 @@ class EmbeddingStore:
 
     def updater_state(self, version_id: int) -> bytes | None:
         """The incremental updater's state published with the version (None if none)."""
+        return self._blob(version_id, "updater_state")
+
+    def ranker_state(self, version_id: int) -> bytes | None:
+        """The trend ranker's state published with the version (None if it has none)."""
+        return self._blob(version_id, "ranker_state")
+
+    def _blob(self, version_id: int, column: str) -> bytes | None:
         t = es.embedding_versions
         with self.engine.connect() as conn:
             info = self._version(conn, version_id)
-            blob = conn.execute(select(t.c.updater_state).where(t.c.id == info.id)).scalar()
+            blob = conn.execute(select(t.c[column]).where(t.c.id == info.id)).scalar()
         return None if blob is None else bytes(blob)
 
     # ------------------------------------------------------------------- reads

@@ -232,6 +232,17 @@ class GraphStore:
         with self.engine.connect() as conn:
             return event_log.ingest_seq(conn)
 
+    def events_after(self, seq: int) -> event_log.StoredEvents:
+        """The events committed after ingest sequence ``seq``, in ingest order."""
+        with self.engine.connect() as conn:
+            return event_log.events_after(conn, seq)
+
+    def events_unseen_by(self, seq: int | None, cutoff: float) -> event_log.StoredEvents:
+        """The stored events a base with ingest sequence ``seq`` and ``cutoff`` did not
+        train on (late ones included), in ingest order; ``upto`` is the sequence now."""
+        with self.engine.connect() as conn, conn.begin():
+            return event_log.unseen_by(conn, seq, cutoff, upto=event_log.ingest_seq(conn))
+
     def edges_between(self, t0: float, t1: float) -> InteractionGraph:
         """Edges with ``t0 < ts <= t1`` (epoch seconds), ordered by time."""
         if t1 < t0:

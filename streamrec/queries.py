@@ -20,6 +20,7 @@ from store.ann import ItemIndex
 from store.embedding_schema import NoActiveVersionError
 from store.embeddings import EmbeddingSnapshot, EmbeddingStore
 from store.graph import GraphStore
+from streamrec.trend_serving import ANN_CANDIDATES, ServedRanker
 
 DEFAULT_POPULAR_WINDOW_S = DEFAULT_COLD_WINDOW_S
 DEFAULT_OVERLAY_MARGIN_S = 30.0
@@ -49,6 +50,7 @@ class _Served:
     popular_counts: np.ndarray
     watermark: float | None  # newest overlay updated_at applied (epoch s)
     popular_at: float  # time.monotonic() of the popularity count
+    ranker: ServedRanker | None = None  # the version's trend ranker, if it publishes one
 
 
 class QueryService:
@@ -98,10 +100,13 @@ class QueryService:
         popular, counts = self._recent_popularity(len(item_ids))
         row_of_item = np.full(max(len(item_ids), len(snapshot.items)), -1, np.int64)
         row_of_item[rows] = np.arange(len(rows))
+        ranker = (ServedRanker.load(self.graph, self.embeddings, snapshot.version,
+                                    item_vectors=snapshot.items)
+                  if snapshot.version.has_ranker_state else None)
         served = _Served(
             snapshot, index, rows, row_of_item, user_ids, item_ids,
             {u: i for i, u in enumerate(user_ids)}, {t: i for i, t in enumerate(item_ids)},
-            popular, counts, snapshot.watermark, time.monotonic(),
+            popular, counts, snapshot.watermark, time.monotonic(), ranker,
         )
         with self._lock:
             self._served = served
@@ -157,8 +162,11 @@ class QueryService:
         if len(delta.updated_at):
             newest = float(delta.updated_at.max())
             watermark = newest if watermark is None else max(watermark, newest)
+        if served.ranker is not None:
+            served.ranker.catch_up(self.graph)  # every event committed since, in ingest order
         refreshed = _Served(snapshot, index, item_rows, row_of_item, user_ids, item_ids,
-                            user_index, item_index, popular, counts, watermark, popular_at)
+                            user_index, item_index, popular, counts, watermark, popular_at,
+                            served.ranker)
         with self._lock:
             self._served = refreshed
         return True
@@ -197,6 +205,8 @@ class QueryService:
         s = self.served
         idx = s.user_index.get(user_id)
         seen = self.graph.items_seen(idx) if idx is not None and exclude_seen else None
+        if s.ranker is not None:
+            return self._rank(s, s.ranker, user_id, idx, seen, k)
         if idx is None or not s.snapshot.has("user", idx):
             skip = set() if seen is None else set(seen.tolist())
             items = [i for i in s.popular.tolist() if i not in skip][:k]
@@ -217,6 +227,27 @@ class QueryService:
             "user_id": user_id,
             "items": _items(s, scores[0], pos[0]),
             "fallback": False,
+            "version": s.snapshot.version.name,
+        }
+
+    def _rank(self, s: _Served, ranker: ServedRanker, user_id: str, idx: int | None,
+              seen: np.ndarray | None, k: int) -> dict:
+        """The trend ranker's top-``k``; ``fallback`` when the user has no event (the recent
+        trend alone, as the evaluation ranks cold users)."""
+        vector = s.snapshot.users[idx] if idx is not None and s.snapshot.has("user", idx) \
+            else None
+        ann = None
+        if vector is not None and ranker.wants_ann:
+            _, pos = s.index.search(vector[None, :], min(ANN_CANDIDATES, len(s.item_rows)))
+            ann = s.item_rows[pos[0][pos[0] >= 0]]
+        items, scores = ranker.recommend(idx, k, seen=seen, user_vector=vector,
+                                         ann_candidates=ann)
+        return {
+            "user_id": user_id,
+            "items": [{"item_id": s.item_ids[int(i)], "score": float(sc)}
+                      for i, sc in zip(items.tolist(), scores.tolist(), strict=True)
+                      if i < len(s.item_ids)],
+            "fallback": not ranker.has_events(idx),
             "version": s.snapshot.version.name,
         }
 

@@ -71,8 +71,10 @@ class Refresher:
             self.overlay_size = embeddings.overlay_size(active.id)
             if self.metrics is not None:
                 self.metrics.api.overlay_size.set(self.overlay_size)
+            # the ingest sequence moves with every stored event, late ones too (the trend
+            # ranker's state follows the interactions table)
             signature = (active.id, active.activated_at, embeddings.overlay_newest(active.id),
-                         self.overlay_size, graph.last_event_time())
+                         self.overlay_size, graph.last_event_time(), graph.ingest_seq())
             same_version = self._signature is not None and self._signature[:2] == signature[:2]
             if not force and same_version and not self._rebuild_now():
                 # a rebuild that is due but must wait for the duty cycle does not hold the

@@ -236,10 +236,12 @@ def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPl
         cutoff,
         model.user_embeddings().numpy(),
         model.item_embeddings().numpy(),
-        hyper_parameters={"model": plan.model, **model.hyper_parameters(), "seed": plan.seed},
+        hyper_parameters={"model": plan.model, **model.hyper_parameters(), "seed": plan.seed,
+                          **(model.fitted_summary() if isinstance(model, TrendRanker) else {})},
         metrics=metrics,
         updater_state=outcome.updater_state,
         ingest_seq=seq,
+        ranker_state=model.serving_state() if isinstance(model, TrendRanker) else None,
     )
     embeddings.activate(version_id, keep=plan.keep)
     info = embeddings.get_version(version_id)

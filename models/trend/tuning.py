@@ -26,6 +26,8 @@ LONG_HALF_LIVES_DAYS = (7.0, 14.0, 30.0, math.inf)
 LONG_WEIGHTS = (0.0, 0.15, 0.3)
 COVIS_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 EMBEDDING_WEIGHTS = (0.0, 0.05, 0.1, 0.2)
+#: score-matrix elements per validation step (float64: 160 MB); fewer users at many items
+MAX_SCORES = 20_000_000
 
 
 class ValidationTask:
@@ -102,7 +104,9 @@ def validation_steps(
 ) -> list[ValidationStep]:
     """Walk ``valid`` as the service would: rank at the start of every ``horizon``
     seconds (``None``: once, at its start) with the state of every earlier event, score
-    that step's events, then apply them. ``state`` (built on ``history``) is not modified."""
+    that step's events, then apply them. ``state`` (built on ``history``) is not modified.
+    Each step scores at most ``max_users`` users (drawn with ``seed``), fewer where the
+    catalogue would make the score matrix exceed :data:`MAX_SCORES` elements."""
     if valid.num_edges == 0:
         return []
     start, end = float(valid.ts.min()), float(valid.ts.max())
@@ -110,6 +114,8 @@ def validation_steps(
     bounds.append(np.inf)
     state = copy.deepcopy(state)
     n_items = max(history.num_items, valid.num_items)
+    # every candidate scores a dense [users, items] matrix per step: bound it (float64)
+    max_users = max(200, min(max_users, MAX_SCORES // max(n_items, 1)))
     steps = []
     for lo, hi in itertools.pairwise(bounds):
         past = _concat(history, valid.subset(valid.ts < lo))
