@@ -32,6 +32,8 @@ this century is ambiguous under this rule.
 
 MAX_EPOCH_MS = 1e14  # year 5138 in ms; larger numbers are microseconds or garbage
 DEFAULT_EVENT_TYPE = "interaction"
+#: the largest event weight: interaction graphs hold weights as float32
+MAX_WEIGHT = 3.0e38
 
 
 class InvalidEvent(ValueError):
@@ -205,6 +207,8 @@ def event_from_dict(data: object) -> Event:
     weight = _to_float(raw_weight, "weight")
     if not math.isfinite(weight) or weight <= 0:
         raise InvalidEvent(f"field 'weight' must be a finite number > 0, got {raw_weight!r}")
+    if weight > MAX_WEIGHT:  # graphs carry weights as float32: a larger one would be inf
+        raise InvalidEvent(f"field 'weight' must be at most {MAX_WEIGHT:g}, got {raw_weight!r}")
     assert user_id is not None and item_id is not None  # required=True guarantees it
     event_id = _text_field(data, "event_id", required=False) or derive_event_id(
         user_id, item_id, ts, event_type, weight

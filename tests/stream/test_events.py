@@ -75,6 +75,7 @@ def _raw(**fields: object) -> bytes:
         (_raw(event_type="\x00"), "field 'event_type' contains a NUL character"),
         (_raw(ts=10**400), "field 'ts' is too large"),
         (_raw(weight=10**400), "field 'weight' is too large"),
+        (_raw(weight=1e39), "field 'weight' must be at most 3e+38"),  # float32 would be inf
         (b"[" * 100_000, "nested too deeply"),
     ],
 )
