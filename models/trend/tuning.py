@@ -24,7 +24,7 @@ from models.trend.state import TrendState
 SHORT_HALF_LIVES_DAYS = (0.5, 1.0, 2.0, 3.0)
 LONG_HALF_LIVES_DAYS = (7.0, 14.0, 30.0, math.inf)
 LONG_WEIGHTS = (0.0, 0.15, 0.3)
-COVIS_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+COVIS_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 EMBEDDING_WEIGHTS = (0.0, 0.05, 0.1, 0.2)
 #: score-matrix elements per validation step (float64: 160 MB); fewer users at many items
 MAX_SCORES = 20_000_000
