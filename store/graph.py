@@ -250,7 +250,7 @@ class GraphStore:
         # ones these counts cover even where the counts and the rows are two statements
         bound = schema.interactions.c.id <= event_log.ingest_seq(conn)
         num_users, num_items = self._node_counts(conn)
-        cols = columnar.read(conn, bound if cond is None else cond & bound, fast=fast)
+        cols = columnar.read(conn, bound if cond is None else cond & bound, ids=False, fast=fast)
         return InteractionGraph(
             cols["user_idx"], cols["item_idx"], cols["ts"],
             cols["weight"].astype(np.float32), num_users, num_items,

@@ -130,3 +130,29 @@ def test_postgres_pages_follow_the_order_across_ties(
     with store.engine.connect() as conn:
         by_id = columnar.read(conn, None, "id")
     assert np.all(np.diff(by_id["id"]) > 0) and len(by_id["id"]) == 600
+
+
+def test_the_largest_node_indices_survive_the_packed_pair(store_url: str) -> None:
+    store = GraphStore(store_url)
+    top = 2**31 - 1  # users.idx and items.idx are 32-bit integers
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO interactions (id, event_id, user_idx, item_idx, ts, event_type, "
+                "weight, ingested_at) VALUES (:id, 'a', :u, :i, 1.5, 'x', 0.1, 0), "
+                "(:id2, 'b', 0, :u, -2.25, 'x', 1e-300, 0)"
+            ),
+            {"id": BIG, "id2": 2**62, "u": top, "i": top - 1},
+        )
+    with store.engine.connect() as conn:
+        for order in ("time", "id"):
+            got = columnar.read(conn, None, order)
+            want = columnar.read(conn, None, order, fast=False)
+            assert got.keys() == want.keys()
+            for name in got:
+                assert got[name].dtype == want[name].dtype
+                np.testing.assert_array_equal(got[name], want[name])
+        assert columnar.read(conn, None, "id")["user_idx"].tolist() == [top, 0]
+        assert columnar.read(conn, None, "id")["id"].tolist() == [BIG, 2**62]
+        assert "id" not in columnar.read(conn, None, ids=False)
+    store.engine.dispose()
