@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import Connection, func, select
 
-from store import schema
+from store import columnar, schema
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,14 @@ def unseen_by(conn: Connection, seq: int | None, cutoff: float, *, upto: int) ->
     """Events with id ``<= upto`` that a base with ingest sequence ``seq`` and cutoff
     ``cutoff`` did not train on: ``id > seq`` (stored after its snapshot, whatever their
     time) or ``ts > cutoff``. ``seq=None`` (a version from before ingest sequences were
-    recorded) falls back to event time alone."""
+    recorded) falls back to event time alone. Read as columns (store/columnar.py): after a
+    long outage or at a new base's activation this can be much of the history."""
     t = schema.interactions
     after_cutoff = t.c.ts > float(cutoff)
     cond = after_cutoff if seq is None else (t.c.id > int(seq)) | after_cutoff
-    return _read(conn, cond & (t.c.id <= int(upto)), int(upto))
+    cols = columnar.read(conn, cond & (t.c.id <= int(upto)), order="id")
+    return StoredEvents(int(upto), cols["id"], cols["user_idx"], cols["item_idx"], cols["ts"],
+                        cols["weight"].astype(np.float32))
 
 
 def seen_condition(seq: int | None, until: float | None):  # type: ignore[no-untyped-def]
@@ -76,12 +79,6 @@ def seen_condition(seq: int | None, until: float | None):  # type: ignore[no-unt
     if seq is not None:
         cond = t.c.id <= int(seq) if cond is None else cond & (t.c.id <= int(seq))
     return cond
-
-
-def _read(conn: Connection, cond, upto: int) -> StoredEvents:  # type: ignore[no-untyped-def]
-    t = schema.interactions
-    stmt = select(t.c.id, t.c.user_idx, t.c.item_idx, t.c.ts, t.c.weight).where(cond)
-    return _arrays(conn.execute(stmt.order_by(t.c.id)).all(), upto)
 
 
 def _arrays(rows, upto: int) -> StoredEvents:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from models.base import InteractionGraph
-from store import bulk, event_log, schema
+from store import bulk, columnar, event_log, schema
 from store.engine import DEFAULT_STORE_URL, make_engine
 from stream.events import Event
 
@@ -250,24 +250,21 @@ class GraphStore:
         ts = schema.interactions.c.ts
         return self._edges((ts > t0) & (ts <= t1))
 
-    def _edges(self, cond, conn: Connection | None = None) -> InteractionGraph:  # type: ignore[no-untyped-def]
-        t = schema.interactions
-        stmt = select(t.c.user_idx, t.c.item_idx, t.c.ts, t.c.weight).order_by(t.c.ts, t.c.id)
-        if cond is not None:
-            stmt = stmt.where(cond)
+    def _edges(self, cond, conn: Connection | None = None, *, fast: bool = True
+               ) -> InteractionGraph:  # type: ignore[no-untyped-def]
+        """The edges matching ``cond``, ordered by ``(ts, id)``, read as columns
+        (store/columnar.py; ``fast=False``: row by row, the reference path)."""
         if conn is None:
             with self.engine.connect() as own:
-                return self._edges(cond, own)
-        rows = conn.execute(stmt).all()
+                return self._edges(cond, own, fast=fast)
+        # bounded by the ingest sequence read with the node counts, so the edges are the
+        # ones these counts cover even where the counts and the rows are two statements
+        bound = schema.interactions.c.id <= event_log.ingest_seq(conn)
         num_users, num_items = self._node_counts(conn)
-        arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
+        cols = columnar.read(conn, bound if cond is None else cond & bound, ids=False, fast=fast)
         return InteractionGraph(
-            arr[:, 0].astype(np.int64),
-            arr[:, 1].astype(np.int64),
-            arr[:, 2].copy(),
-            arr[:, 3].astype(np.float32),
-            num_users,
-            num_items,
+            cols["user_idx"], cols["item_idx"], cols["ts"],
+            cols["weight"].astype(np.float32), num_users, num_items,
         )
 
     def recent_neighbours(

@@ -1,0 +1,155 @@
+"""Scale bench (issue 14, first part): store ingest, full-history snapshot and a LightGCN
+epoch at N synthetic events, each with the process's peak RSS.
+
+    python bench/scale.py [--events 200000] [--store postgresql+psycopg://...] [--out PATH]
+
+The synthetic stream (stream/synthetic.py) is written with ``GraphStore.write_batch`` in
+batches of ``--batch`` events: the ingest rate is the store write alone, without Kafka
+(bench/ingest.py measures the consumer path). The snapshot is read by the columnar path
+(store/columnar.py) and by the old row-by-row path, whose ratio is the in-process
+reference. Always runs on a fresh SQLite file; with ``--store`` also on PostgreSQL (in a
+fresh schema, dropped afterwards). ``--events 10000000`` is the issue's full run. Writes
+the table to ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from models import LightGCN
+from store.graph import GraphStore
+from stream.synthetic import generate
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_store(
+    label: str,
+    url: str,
+    stream,
+    batch: int,
+    rows: list[tuple[str, ...]],  # type: ignore[no-untyped-def]
+    *,
+    train: bool,
+) -> None:
+    """Ingest, snapshot (new and old path) and optionally one LightGCN epoch on ``url``."""
+    store = GraphStore(url)
+    first = len(rows)
+    events = list(stream.events())
+    start = time.perf_counter()
+    for pos in range(0, len(events), batch):
+        store.write_batch(events[pos : pos + batch])
+    dt = time.perf_counter() - start
+    rows.append(
+        (
+            label,
+            "ingest (store write, no Kafka)",
+            f"{len(events) / dt:,.0f} events/s",
+            f"{peak_rss_mib():,.0f}",
+        )
+    )
+    del events
+    start = time.perf_counter()
+    graph = store.snapshot()
+    new = time.perf_counter() - start
+    rows.append(
+        (
+            label,
+            "snapshot, columnar",
+            f"{graph.num_edges / new:,.0f} rows/s",
+            f"{peak_rss_mib():,.0f}",
+        )
+    )
+    start = time.perf_counter()
+    old = store._edges(None, fast=False)
+    ref = time.perf_counter() - start
+    assert old.num_edges == graph.num_edges
+    rows.append(
+        (
+            label,
+            "snapshot, row by row (reference)",
+            f"{graph.num_edges / ref:,.0f} rows/s ({ref / new:.1f}x slower)",
+            f"{peak_rss_mib():,.0f}",
+        )
+    )
+    del old
+    if train:
+        start = time.perf_counter()
+        LightGCN(epochs=1, progress=False).fit(graph)
+        rows.append(
+            (
+                label,
+                "LightGCN, 1 epoch",
+                f"{time.perf_counter() - start:,.1f} s",
+                f"{peak_rss_mib():,.0f}",
+            )
+        )
+    store.engine.dispose()
+    for row in rows[first:]:
+        print(" | ".join(row), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=20_000, help="events per write_batch")
+    parser.add_argument("--store", default=None, help="a PostgreSQL URL to run on as well")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    stream = generate(n_events=args.events, seed=args.seed)
+    print(
+        f"generated {args.events:,} events in {time.perf_counter() - start:.1f} s "
+        f"({stream.user.max() + 1:,} users, {stream.item.max() + 1:,} items)",
+        flush=True,
+    )
+    rows: list[tuple[str, ...]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_store("SQLite", f"sqlite:///{tmp}/scale.db", stream, args.batch, rows, train=True)
+    if args.store:
+        schema = f"scale_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(args.store, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        sep = "&" if "?" in args.store else "?"
+        try:
+            run_store(
+                "PostgreSQL",
+                f"{args.store}{sep}options=-csearch_path%3D{schema}",
+                stream,
+                args.batch,
+                rows,
+                train=False,
+            )
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+            admin.dispose()
+
+    table = ["| store | step | figure | peak RSS (MiB) |", "| --- | --- | --- | --- |"]
+    table += [f"| {' | '.join(row)} |" for row in rows]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        "# Benchmarks\n\n## Scale (bench/scale.py)\n\n"
+        f"`python bench/scale.py --events {args.events}"
+        f"{' --store POSTGRES_URL' if args.store else ''}` (batches of {args.batch:,}; "
+        "ingest is the store write alone, without Kafka; peak RSS is the process's so far, "
+        "so it only grows down the table).\n\n" + "\n".join(table) + "\n"
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
