@@ -54,7 +54,7 @@ def prepare_store(url: str, seed: int, n_events: int = 60_000
     history = generate(n_events=n_events, seed=seed, days=20.0)
     graph.write_batch(list(history.events()))
     retrain(graph, EmbeddingStore(graph.engine),
-            RetrainPlan(model="lightgcn", epochs=3, seed=seed, progress=False))
+            RetrainPlan(model="trend", epochs=3, seed=seed, progress=False))
     return graph, graph.node_ids("user"), graph.node_ids("item")
 
 
