@@ -34,7 +34,9 @@ class RetrainPlan:
     """What to train.
 
     Attributes:
-        model: ``lightgcn``, ``pinsage``, ``mf`` or ``popularity``.
+        model: ``trend`` (the trend ranker over a base model, ``extra={"base": ...}``,
+            default ``lightgcn``; ``--epochs``/``--dim`` reach the base), ``lightgcn``,
+            ``pinsage``, ``mf`` or ``popularity``.
         cutoff: epoch seconds; only events with ``ts <= cutoff`` are used (default: all).
         epochs / dim: passed to models that take them (default: the model's own).
         valid_fraction: the newest share of the snapshot's events held out for early
