@@ -65,7 +65,7 @@ class TemporalSplit:
         if fit_on == "train":
             return self.train
         if fit_on == "train+valid":
-            return _concat(self.train, self.valid)
+            return self.train.concat(self.valid)
         raise ValueError(f"fit_on must be 'train' or 'train+valid', got {fit_on!r}")
 
     def summary(self) -> dict[str, object]:
@@ -172,13 +172,3 @@ def _check_frac(name: str, value: float) -> None:
     if not 0.0 < value < 1.0:
         raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
 
-
-def _concat(a: InteractionGraph, b: InteractionGraph) -> InteractionGraph:
-    return InteractionGraph(
-        np.concatenate([a.user, b.user]),
-        np.concatenate([a.item, b.item]),
-        np.concatenate([a.ts, b.ts]),
-        np.concatenate([a.weight, b.weight]),
-        max(a.num_users, b.num_users),
-        max(a.num_items, b.num_items),
-    )

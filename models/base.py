@@ -90,6 +90,19 @@ class InteractionGraph:
         """Edges with ``ts < t`` (a training snapshot)."""
         return self.subset(self.ts < t)
 
+    def concat(self, other: InteractionGraph) -> InteractionGraph:
+        """This graph's edges followed by ``other``'s, in the larger of both index spaces.
+
+        >>> a = InteractionGraph.from_arrays([0], [1], [1.0])
+        >>> a.concat(InteractionGraph.from_arrays([2], [0], [2.0])).user.tolist()
+        [0, 2]
+        """
+        return InteractionGraph(
+            np.concatenate([self.user, other.user]), np.concatenate([self.item, other.item]),
+            np.concatenate([self.ts, other.ts]), np.concatenate([self.weight, other.weight]),
+            max(self.num_users, other.num_users), max(self.num_items, other.num_items),
+        )
+
 
 class Recommender(ABC):
     """A recommender scores items for users by the inner product of two embedding tables.

@@ -157,12 +157,9 @@ def fit_validated(
         return _fit_ranker(model, graph, train, valid, seed=seed, progress=progress,
                            train_updater=train_updater, refit=refit)
     model.fit(train, valid)
-    history = getattr(model, "history_", None)
-    if history is None or not history.valid:
+    if not _early_stopping_metrics(model, metrics):
         # nothing to select (e.g. popularity): the fit on all events is the model
         return FitOutcome(make(**kwargs).fit(graph) if refit else model, metrics)
-    metrics["valid_recall@20"] = float(history.best_metric or 0.0)
-    metrics["best_epoch"] = float(history.best_epoch or len(history.loss))
     epochs = max(1, int(metrics["best_epoch"]))
     state = None
     if train_updater:
@@ -174,6 +171,17 @@ def fit_validated(
     return FitOutcome(make(**{**kwargs, "epochs": epochs}).fit(graph), metrics, state, epochs)
 
 
+def _early_stopping_metrics(model: Recommender | None, metrics: dict[str, float]) -> bool:
+    """Record ``valid_recall@20`` and ``best_epoch`` of a model fitted with early stopping;
+    False (nothing recorded) when it has no validation history."""
+    history = getattr(model, "history_", None)
+    if history is None or not history.valid:
+        return False
+    metrics["valid_recall@20"] = float(history.best_metric or 0.0)
+    metrics["best_epoch"] = float(history.best_epoch or len(history.loss))
+    return True
+
+
 def _fit_ranker(ranker: TrendRanker, graph: InteractionGraph, train: InteractionGraph,
                 valid: InteractionGraph, *, seed: int, progress: bool, train_updater: bool,
                 refit: bool) -> FitOutcome:
@@ -181,10 +189,7 @@ def _fit_ranker(ranker: TrendRanker, graph: InteractionGraph, train: Interaction
     ``graph``), and the updater trained from the base fitted on ``train``."""
     ranker.fit_split(graph if refit else train, train, valid)
     metrics = {f"ranker_{key}": value for key, value in ranker.validation_.items()}
-    history = getattr(ranker.early_base_, "history_", None)
-    if history is not None and history.valid:
-        metrics["valid_recall@20"] = float(history.best_metric or 0.0)
-        metrics["best_epoch"] = float(history.best_epoch or len(history.loss))
+    _early_stopping_metrics(ranker.early_base_, metrics)
     state = None
     if train_updater and ranker.early_base_ is not None:
         state = _train_updater(graph, ranker.early_base_, valid.num_edges / graph.num_edges,

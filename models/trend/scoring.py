@@ -99,11 +99,4 @@ def standardised(dots: np.ndarray) -> np.ndarray:
 
 
 def _counts(state: TrendState, half_life: float, t: float) -> np.ndarray:
-    if math.isinf(half_life):
-        return state.counts
-    try:
-        row = state.half_lives.index(half_life)
-    except ValueError:
-        raise ValueError(f"the state keeps half-lives {state.half_lives} s, not {half_life}; "
-                         "build it with the ranker's half-lives") from None
-    return state.decayed(t)[row]
+    return state.counts if math.isinf(half_life) else state.decayed_one(half_life, t)

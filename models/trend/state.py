@@ -152,6 +152,18 @@ class TrendState:
         scale = np.exp2([-(t - self.ref_ts) / h for h in self.half_lives])
         return self.sums * scale[:, None]
 
+    def decayed_one(self, half_life: float, t: float) -> np.ndarray:
+        """float64 ``[num_items]``: the decayed counts of one kept half-life (seconds) at
+        time ``t``, without computing the others."""
+        try:
+            row = self.half_lives.index(half_life)
+        except ValueError:
+            raise ValueError(f"the state keeps half-lives {self.half_lives} s, not "
+                             f"{half_life}; build it with the ranker's half-lives") from None
+        if self.ref_ts is None:
+            return np.zeros(self.num_items)
+        return self.sums[row] * np.exp2(-(t - self.ref_ts) / half_life)
+
     def recent_items(self, user: int) -> np.ndarray:
         """int64 item indices of ``user``'s most recent events, newest first (empty for a
         user without events)."""

@@ -118,7 +118,7 @@ def validation_steps(
     max_users = max(200, min(max_users, MAX_SCORES // max(n_items, 1)))
     steps = []
     for lo, hi in itertools.pairwise(bounds):
-        past = _concat(history, valid.subset(valid.ts < lo))
+        past = history.concat(valid.subset(valid.ts < lo))
         task = ValidationTask(past, valid.subset((valid.ts >= lo) & (valid.ts < hi)), k=k,
                               max_users=max_users, seed=seed)
         if len(task.users):
@@ -191,9 +191,3 @@ def tune(
         report[key] = best[0]
     return best[1], report
 
-
-def _concat(a: InteractionGraph, b: InteractionGraph) -> InteractionGraph:
-    return InteractionGraph.from_arrays(
-        np.concatenate([a.user, b.user]), np.concatenate([a.item, b.item]),
-        np.concatenate([a.ts, b.ts]), np.concatenate([a.weight, b.weight]),
-        num_users=max(a.num_users, b.num_users), num_items=max(a.num_items, b.num_items))
