@@ -100,9 +100,7 @@ class QueryService:
         popular, counts = self._recent_popularity(len(item_ids))
         row_of_item = np.full(max(len(item_ids), len(snapshot.items)), -1, np.int64)
         row_of_item[rows] = np.arange(len(rows))
-        ranker = (ServedRanker.load(self.graph, self.embeddings, snapshot.version,
-                                    item_vectors=snapshot.items)
-                  if snapshot.version.has_ranker_state else None)
+        ranker = self._ranker(snapshot)
         served = _Served(
             snapshot, index, rows, row_of_item, user_ids, item_ids,
             {u: i for i, u in enumerate(user_ids)}, {t: i for i, t in enumerate(item_ids)},
@@ -110,6 +108,19 @@ class QueryService:
         )
         with self._lock:
             self._served = served
+
+    def _ranker(self, snapshot: EmbeddingSnapshot) -> ServedRanker | None:
+        """The version's trend ranker: the served one brought up to date when the version is
+        the same (a reload to rebuild the index), else loaded and replayed from the store."""
+        if not snapshot.version.has_ranker_state:
+            return None
+        served = self._served.ranker if self._served is not None else None
+        if served is not None and served.version.id == snapshot.version.id:
+            served.use_item_vectors(snapshot.items)
+            served.catch_up(self.graph)
+            return served
+        return ServedRanker.load(self.graph, self.embeddings, snapshot.version,
+                                 item_vectors=snapshot.items)
 
     def refresh_overlay(self, *, margin_s: float = DEFAULT_OVERLAY_MARGIN_S) -> bool:
         """Apply the overlay rows written since the served snapshot, without reloading the

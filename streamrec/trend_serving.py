@@ -61,6 +61,12 @@ class ServedRanker:
             self.seq = max(self.seq, new.upto)
             return new.num_events
 
+    def use_item_vectors(self, item_vectors: np.ndarray | None) -> None:
+        """Score the embedding term against these (merged) item vectors from now on."""
+        with self._lock:
+            self.top.item_vectors = item_vectors
+            self.top.refresh()
+
     def has_events(self, user_idx: int | None) -> bool:
         """Whether the user has at least one stored event."""
         return user_idx is not None and self.top.state.has_history(user_idx)

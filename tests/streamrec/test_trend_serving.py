@@ -91,6 +91,11 @@ def test_events_after_the_retrain_move_the_ranking_without_one(served) -> None: 
     assert not after["fallback"] and "c1-1" not in {r["item_id"] for r in after["items"]}
     assert [r["item_id"] for r in after["items"]] == exact_top(graph, embeddings, info.id,
                                                                 "newcomer", 5)
+    # a reload of the same version (an index rebuild) keeps the ranker, caught up
+    ranker = service.served.ranker
+    service.refresh()
+    assert service.served.ranker is ranker
+    assert service.recommend("newcomer", k=5) == after
     # and a reload from scratch serves the same ranking
     again = QueryService(graph, embeddings, ann_backend="numpy").recommend("newcomer", k=5)
     assert [r["item_id"] for r in again["items"]] == [r["item_id"] for r in after["items"]]
