@@ -34,32 +34,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.baselines import (  # noqa: E402
+    HALF_LIFE_DAYS,
+    NAMES,
+    WINDOW_DAYS,
+    TrendingPopularity,
+)
 from evaluation.bootstrap import bootstrap_ci  # noqa: E402
 from models.base import InteractionGraph  # noqa: E402
 from models.trend import TrendRanker  # noqa: E402
 from models.trend.tuning import ValidationTask  # noqa: E402
 
 DAY = 86_400.0
-CANDIDATES = ([("all-time", None)] + [("last", d) for d in (1, 2, 3, 7, 14, 28)]
-              + [("decayed", h) for h in (0.5, 1, 2, 3, 7, 14, 30)])
+#: the popularity lists tried, as in every evaluation report (evaluation.baselines)
+CANDIDATES = ([("all", None)] + [("recent", d) for d in WINDOW_DAYS]
+              + [("decayed", h) for h in HALF_LIFE_DAYS])
 
 
 def popularity(graph: InteractionGraph, kind: str, days: float | None) -> np.ndarray:
-    """float64 ``[num_items]`` scores of a popularity list at the graph's newest event; a
-    tiny all-time term breaks ties (as trending_floor.py does)."""
-    t_end = float(graph.ts.max())
-    if kind == "all-time":
-        w = np.ones(graph.num_edges)
-    elif kind == "last":
-        w = (graph.ts > t_end - days * DAY).astype(float)
-    else:
-        w = np.exp2(-(t_end - graph.ts) / (days * DAY))
-    counts = np.bincount(graph.item, minlength=graph.num_items)
-    return np.bincount(graph.item, weights=w, minlength=graph.num_items) + 1e-6 * counts
+    """float64 ``[num_items]`` scores of a popularity list at the graph's newest event (the
+    report's :class:`TrendingPopularity`: all-time counts break ties)."""
+    return TrendingPopularity(kind, days).fit(graph).item_embeddings().double().numpy()[:, 0]
 
 
 def label(kind: str, days: float | None) -> str:
-    return kind if days is None else f"{kind} {days:g}d"
+    return NAMES[kind] if days is None else f"{NAMES[kind]} {days:g}d"
 
 
 def per_user_popularity(task: ValidationTask, scores: np.ndarray) -> np.ndarray:
@@ -96,7 +95,7 @@ def static(graph: InteractionGraph, args: argparse.Namespace) -> None:
              for c in CANDIDATES}
     best = max(CANDIDATES, key=lambda c: valid[c])
     rows = {f"popularity, {label(*c)}": per_user_popularity(test_task, popularity(history, *c))
-            for c in dict.fromkeys([("all-time", None), best])}
+            for c in dict.fromkeys([("all", None), best])}
     started = time.perf_counter()
     model = ranker(args, valid_fraction=1 - train.num_edges / history.num_edges).fit(history)
     fit_seconds = time.perf_counter() - started
