@@ -8,11 +8,13 @@ unless ``STREAMREC_REQUIRE_POSTGRES=1`` (set by ``.ci/run``), which makes them f
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from stream.broker import BrokerUnavailable, LocalBroker
 
@@ -52,8 +54,17 @@ def postgres_url(postgres_base_url: str) -> Iterator[str]:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     sep = "&" if "?" in postgres_base_url else "?"
     yield f"{postgres_base_url}{sep}options=-csearch_path%3D{schema}"
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    # A background thread of the test (an HTTP retrain, a server) may still be finishing a
+    # write; DROP ... CASCADE then loses a deadlock to it, so retry after it settles.
+    for attempt in range(5):
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+            break
+        except OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
     admin.dispose()
 
 
