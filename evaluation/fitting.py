@@ -100,6 +100,34 @@ def fit_protocol(spec: ModelSpec, split: TemporalSplit, fit_on: FitOn, *, seed: 
                        time.perf_counter() - started, outcome.metrics)
 
 
+def shared_base(spec: ModelSpec, fitted: Mapping[str, FittedModel], fit_on: FitOn
+                ) -> FittedModel | None:
+    """``spec`` as already fitted inside a trend ranker of ``fitted`` whose base is the same
+    model (same name and keyword arguments, seed included), or None. Both fits run the
+    same steps from the same seed (early stopping on validation, the updater trained from
+    that model, the refit for the chosen epochs), so reusing the ranker's base gives the
+    standalone row without fitting LightGCN a second time."""
+    from models.trend.ranker import TrendRanker
+
+    for other in fitted.values():
+        ranker = other.model
+        if not isinstance(ranker, TrendRanker) or ranker.base != spec.name:
+            continue
+        if {"seed": ranker.seed, **ranker.base_kwargs} != spec.kwargs:
+            continue
+        early, served = ranker.early_base_, ranker.base_
+        history = getattr(early, "history_", None)
+        if served is None or history is None or not history.valid:
+            continue
+        epochs = ranker.base_epochs_ if fit_on == "train+valid" else None
+        if epochs is None and history.best_epoch:
+            epochs = max(1, int(history.best_epoch))
+        metrics = {key: value for key, value in other.metrics.items()
+                   if not key.startswith("ranker_") and key != "base_epochs"}
+        return FittedModel(spec, served, epochs, other.updater_state, 0.0, metrics)
+    return None
+
+
 def build_specs(
     models: Mapping[str, Recommender] | Sequence[str],
     factory: ModelFactory | None,

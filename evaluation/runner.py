@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from evaluation.baselines import NAMES as BASELINE_NAMES
 from evaluation.baselines import TunedBaseline, tune_baselines
-from evaluation.fitting import FittedModel, ModelFactory, build_specs, fit_protocol
+from evaluation.fitting import FittedModel, ModelFactory, build_specs, fit_protocol, shared_base
 from evaluation.headline import headline
 from evaluation.incremental import IncrementalApproach, StatefulApproach
 from evaluation.protocol import EvaluationTask, evaluate_model
@@ -192,10 +192,14 @@ def run_evaluation(
     fitted: dict[str, FittedModel] = {}
     for spec in specs:
         bar.set_postfix_str(f"fit {spec.name}")
-        fitted[spec.name] = fit_protocol(spec, split, fit_on, seed=seed,
-                                         train_updater=streaming)
+        reused = shared_base(spec, fitted, fit_on)
+        fitted[spec.name] = reused or fit_protocol(spec, split, fit_on, seed=seed,
+                                                   train_updater=streaming)
+        fields = fitted[spec.name].info(fit_on)
+        if reused is not None:
+            fields["fitted_as"] = "the trend ranker's base (the same fit, not repeated)"
         bar.set_postfix_str(f"evaluate {spec.name}")
-        evaluate(spec.name, fitted[spec.name].model, fitted[spec.name].info(fit_on))
+        evaluate(spec.name, fitted[spec.name].model, fields)
         bar.update()
     top = headline(results, per_user, [b.name for b in tuned], f"recall@{k_head}",
                    n_boot=n_bootstrap, level=ci_level, seed=seed) if tuned else {}
