@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from models.base import InteractionGraph, Recommender, resolve_device
+from models.data_parallel import DataParallel
 from models.training import TrainConfig, TrainHistory, train_bpr
 
 
@@ -111,9 +112,11 @@ class BPRRecommender(Recommender):
         (see :mod:`models.training`)."""
 
     def fit(
-        self, graph: InteractionGraph, valid: InteractionGraph | None = None
+        self, graph: InteractionGraph, valid: InteractionGraph | None = None, *,
+        parallel: DataParallel | None = None,
     ) -> BPRRecommender:
-        """Train on ``graph``; ``valid`` (later events) drives early stopping."""
+        """Train on ``graph``; ``valid`` (later events) drives early stopping. ``parallel``:
+        this process's place in data-parallel training (streamrec.parallel_fit runs it)."""
         if valid is not None and (
             valid.num_items != graph.num_items or valid.num_users < graph.num_users
         ):
@@ -125,10 +128,26 @@ class BPRRecommender(Recommender):
         device = resolve_device(self.device)
         generator = torch.Generator().manual_seed(self.seed)
         module = self.build_module(graph, generator, device)
-        self.history_ = train_bpr(module, graph, self._config(), valid=valid, device=device)
+        self.history_ = train_bpr(module, graph, self._config(), valid=valid, device=device,
+                                  parallel=parallel)
         with torch.no_grad():
             users, items = module()
         self.module_ = module
+        self._users = users.detach().float().cpu().contiguous()
+        self._items = items.detach().float().cpu().contiguous()
+        return self
+
+    def load_fitted(self, graph: InteractionGraph, state: dict[str, torch.Tensor],
+                    history: TrainHistory) -> BPRRecommender:
+        """Become the model whose module, trained on ``graph``, has weights ``state`` (its
+        ``state_dict``), e.g. a fit that ran in other processes; returns ``self``."""
+        device = resolve_device(self.device)
+        module = self.build_module(graph, torch.Generator().manual_seed(self.seed), device)
+        module.load_state_dict(state)
+        module.eval()
+        with torch.no_grad():
+            users, items = module()
+        self.module_, self.history_ = module, history
         self._users = users.detach().float().cpu().contiguous()
         self._items = items.detach().float().cpu().contiguous()
         return self

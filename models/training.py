@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models.base import InteractionGraph
+from models.data_parallel import DataParallel
 from models.graph_ops import CSR, item_counts, unique_edges, user_item_csr
 from models.negatives import NEGATIVE_SAMPLERS, NegativeSampler, make_negative_sampler
 
@@ -247,6 +248,7 @@ def train_bpr(
     config: TrainConfig,
     valid: InteractionGraph | None = None,
     device: torch.device | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainHistory:
     """Train ``module`` in place by mini-batch BPR over the distinct training edges. Each epoch
     shuffles the edges, draws one negative per edge (never an item the user has in ``graph``;
@@ -255,6 +257,9 @@ def train_bpr(
     probability proportional to :func:`recency_weights`. With ``valid``, Recall@``k`` is
     measured every ``eval_every`` epochs, training stops after ``patience`` evaluations without
     improvement and the best weights are restored. Deterministic given ``config.seed`` on CPU.
+    With ``parallel``, this process trains on its share of every batch and the gradients are
+    summed over the processes (:mod:`models.data_parallel`): the same weights as one process,
+    up to float summation order.
     """
     device = device or torch.device("cpu")
     users, items = (torch.from_numpy(a) for a in unique_edges(graph))
@@ -286,15 +291,25 @@ def train_bpr(
                 idx = perm[lo: lo + bs]
                 u, p = users[idx], items[idx]
                 neg = sample_negatives(sampler, u, p, seen, gen)
-                u, items_b = u.to(device), torch.cat([p, neg]).to(device)
-                user_e, item_e, user_ego, item_ego = module.batch(u, items_b)
-                pos_e, neg_e = item_e.split(len(idx))
-                loss = bpr_loss((user_e * pos_e).sum(-1), (user_e * neg_e).sum(-1),
-                                (user_ego, item_ego), config.reg_weight)
+                if parallel is not None:  # every process drew the whole batch: same stream
+                    mine = parallel.share(len(idx))
+                    u, p, neg = u[mine], p[mine], neg[mine]
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # this share's part of the whole batch's mean loss (1.0 in one process)
+                local = torch.zeros((), device=device)
+                if len(u):
+                    u, items_b = u.to(device), torch.cat([p, neg]).to(device)
+                    user_e, item_e, user_ego, item_ego = module.batch(u, items_b)
+                    pos_e, neg_e = item_e.split(len(u))
+                    local = bpr_loss((user_e * pos_e).sum(-1), (user_e * neg_e).sum(-1),
+                                     (user_ego, item_ego), config.reg_weight
+                                     ) * (len(u) / len(idx))
+                    local.backward()
+                if parallel is not None:
+                    parallel.sum_gradients(module)
+                    local = parallel.sum(local)
                 optimizer.step()
-                total += loss.detach() * len(idx)
+                total += local.detach() * len(idx)
                 bar.update(1)
             history.loss.append(float(total) / n)
             history.epoch_seconds.append(time.perf_counter() - start)
