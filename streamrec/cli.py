@@ -334,6 +334,10 @@ def retrain(
     dim: Annotated[int | None, typer.Option(help="embedding dimension (model default 64)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     keep: Annotated[int, typer.Option(help="embedding versions to keep")] = 3,
+    processes: Annotated[int, typer.Option(
+        min=1, help="fit LightGCN / MF-BPR (the trend ranker's base too) data-parallel in "
+                    "this many local processes (torch.distributed, gloo): the same "
+                    "embeddings as one process within float tolerance")] = 1,
     job_id: Annotated[str | None, typer.Option(
         hidden=True, help="run the retrain job the scheduler claimed for this process")] = None,
     store: StoreOpt = None,
@@ -353,7 +357,7 @@ def retrain(
 
     settings = _settings(store=store)
     plan = RetrainPlan(model=model, cutoff=_parse_ts(cutoff), epochs=epochs, dim=dim, seed=seed,
-                       keep=keep)
+                       keep=keep, processes=processes)
     graph = GraphStore(settings.store)
     jobs = RetrainJobStore(graph.engine)
     try:

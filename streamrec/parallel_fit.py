@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models.base import InteractionGraph
+from models.base import InteractionGraph, Recommender
 from models.bpr import BPRRecommender
 from models.data_parallel import DataParallel
 
@@ -69,3 +70,28 @@ def fit_data_parallel(model: BPRRecommender, graph: InteractionGraph,
         # our own file from the worker we started: the history is a plain dataclass
         fitted = torch.load(out, weights_only=False)
     return model.load_fitted(graph, fitted["state"], fitted["history"])
+
+
+@dataclass(frozen=True)
+class ProcessesFit:
+    """Fits BPR-trained models (LightGCN, MF-BPR) in ``processes`` local processes and any
+    other model in this one: ``ProcessesFit(2)(model, graph, valid)`` returns ``model``
+    fitted. What ``streamrec retrain --processes N`` fits with.
+
+    >>> ProcessesFit(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: processes must be >= 1, got 0
+    """
+
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+
+    def __call__(self, model: Recommender, graph: InteractionGraph,
+                 valid: InteractionGraph | None = None) -> Recommender:
+        if self.processes > 1 and isinstance(model, BPRRecommender):
+            return fit_data_parallel(model, graph, valid, processes=self.processes)
+        return model.fit(graph, valid)

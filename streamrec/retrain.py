@@ -18,9 +18,10 @@ import numpy as np
 from models import make_model, model_arguments
 from models.base import InteractionGraph, Recommender
 from models.trend import TrendRanker
-from models.trend.ranker import DEFAULT_BASE
+from models.trend.ranker import DEFAULT_BASE, BaseFit
 from store.embeddings import EmbeddingStore, VersionInfo
 from store.graph import GraphStore
+from streamrec.parallel_fit import ProcessesFit
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class RetrainPlan:
         keep: embedding versions whose vectors are kept (default 3).
         train_updater: also train the incremental updater on the held-back window and
             publish its weights with the version (default True; needs validation).
+        processes: fit LightGCN / MF-BPR (a trend ranker's base too) data-parallel in this
+            many local processes (torch.distributed, gloo; streamrec.parallel_fit); the
+            same embeddings as one process within float tolerance (default 1).
         extra: further keyword arguments of the model.
     """
 
@@ -58,6 +62,7 @@ class RetrainPlan:
     keep: int = 3
     progress: bool = True
     train_updater: bool = True
+    processes: int = 1
     extra: dict[str, object] = field(default_factory=dict)
 
     def model_kwargs(self) -> dict[str, object]:
@@ -127,11 +132,16 @@ def fit_model(plan: RetrainPlan, graph: InteractionGraph) -> FitOutcome:
     from the model fitted before it, and refit the model on all events."""
     kwargs = plan.model_kwargs()
     train, valid = split_for_validation(graph, plan.valid_fraction)
+    fit = ProcessesFit(plan.processes)
     if valid is None:
-        return FitOutcome(make_model(plan.model, **kwargs).fit(graph), {})
+        model = make_model(plan.model, **kwargs)
+        if isinstance(model, TrendRanker):
+            model.fit_base = fit
+        return FitOutcome(model.fit(graph) if isinstance(model, TrendRanker)
+                          else fit(model, graph, None), {})
     return fit_validated(partial(make_model, plan.model), kwargs, graph, train, valid,
                          seed=plan.seed, progress=plan.progress,
-                         train_updater=plan.train_updater)
+                         train_updater=plan.train_updater, fit=fit)
 
 
 def fit_validated(
@@ -145,21 +155,25 @@ def fit_validated(
     progress: bool = True,
     train_updater: bool = True,
     refit: bool = True,
+    fit: BaseFit = ProcessesFit(),
 ) -> FitOutcome:
     """What a retrain fits once ``graph`` is split into ``train`` and ``valid`` (later events):
     ``make(**kwargs)`` fitted on train with early stopping on valid picks the epoch count; the
     updater is trained on the valid window from that model; then ``make(**kwargs, epochs=best)``
     is refitted on all of ``graph``. ``streamrec evaluate`` calls this too, so its refit is
-    the retrain's. ``refit=False`` serves the model fitted on train (no refit)."""
+    the retrain's. ``refit=False`` serves the model fitted on train (no refit). ``fit`` fits
+    each model (:class:`~streamrec.parallel_fit.ProcessesFit`: in this process, or in
+    several)."""
     metrics: dict[str, float] = {}
     model = make(**kwargs)
     if isinstance(model, TrendRanker):
+        model.fit_base = fit
         return _fit_ranker(model, graph, train, valid, seed=seed, progress=progress,
                            train_updater=train_updater, refit=refit)
-    model.fit(train, valid)
+    fit(model, train, valid)
     if not _early_stopping_metrics(model, metrics):
         # nothing to select (e.g. popularity): the fit on all events is the model
-        return FitOutcome(make(**kwargs).fit(graph) if refit else model, metrics)
+        return FitOutcome(fit(make(**kwargs), graph, None) if refit else model, metrics)
     epochs = max(1, int(metrics["best_epoch"]))
     state = None
     if train_updater:
@@ -168,7 +182,8 @@ def fit_validated(
     if not refit:
         return FitOutcome(model, metrics, state, epochs)
     log.info("refitting on all %d events for %d epochs", graph.num_edges, epochs)
-    return FitOutcome(make(**{**kwargs, "epochs": epochs}).fit(graph), metrics, state, epochs)
+    return FitOutcome(fit(make(**{**kwargs, "epochs": epochs}), graph, None), metrics, state,
+                      epochs)
 
 
 def _early_stopping_metrics(model: Recommender | None, metrics: dict[str, float]) -> bool:

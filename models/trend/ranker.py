@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ from models.trend.tuning import (
 
 #: the base embedding model of a ranker built without one named
 DEFAULT_BASE = "lightgcn"
+#: fits a base model: ``fit(model, graph, valid)`` returns ``model`` fitted
+BaseFit = Callable[[Recommender, InteractionGraph, "InteractionGraph | None"], Recommender]
 
 
 class TrendRanker(Recommender):
@@ -111,6 +113,9 @@ class TrendRanker(Recommender):
         self.base_epochs_: int | None = None
         self.validation_: dict[str, float] = {}
         self._num_users = 0
+        #: how the base is fitted: ``fit_base(model, graph, valid)`` returns it fitted
+        #: (default ``model.fit(graph, valid)``; a retrain may fit it in several processes)
+        self.fit_base: BaseFit = _fit
 
     def __repr__(self) -> str:
         return (f"TrendRanker(base={self._base_name()}, window={self.window}, "
@@ -168,7 +173,10 @@ class TrendRanker(Recommender):
         trains the incremental updater from it)."""
         half_lives = self._half_lives()
         template = self._base_template()
-        early = copy.deepcopy(template).fit(train, valid) if template is not None else None
+        # a base stops early only on users it knows who met new items in ``valid``
+        base_valid = valid if valid is not None and _has_warm_new_pair(train, valid) else None
+        early = self.fit_base(copy.deepcopy(template), train, base_valid) \
+            if template is not None else None
         steps = []
         if valid is not None and valid.num_edges and train.num_edges:
             state = TrendState.from_graph(train, half_lives, window=self.window,
@@ -195,7 +203,7 @@ class TrendRanker(Recommender):
         self.base_epochs_: int | None = None
         if template is not None and early is not None:
             self.base_, self.base_epochs_ = (early, None) if graph is train else _refit(
-                template, early, graph)
+                template, early, graph, self.fit_base)
         self._num_users = graph.num_users
         return self
 
@@ -299,8 +307,22 @@ def _dots(model: Recommender):
     return dots
 
 
-def _refit(template: Recommender, early: Recommender, graph: InteractionGraph
-           ) -> tuple[Recommender, int | None]:
+def _has_warm_new_pair(train: InteractionGraph, valid: InteractionGraph) -> bool:
+    """Whether a user of ``train`` has an item in ``valid`` that they lack in ``train``
+    (what early stopping on validation recall needs)."""
+    n = max(train.num_items, valid.num_items, 1)
+    warm = np.isin(valid.user, train.user)
+    pairs = valid.user[warm] * n + valid.item[warm]
+    return bool(len(pairs)) and not np.isin(pairs, train.user * n + train.item).all()
+
+
+def _fit(model: Recommender, graph: InteractionGraph, valid: InteractionGraph | None
+         ) -> Recommender:
+    return model.fit(graph, valid)
+
+
+def _refit(template: Recommender, early: Recommender, graph: InteractionGraph,
+           fit: BaseFit = _fit) -> tuple[Recommender, int | None]:
     """``template`` refitted on ``graph`` with the epoch count validation chose for
     ``early`` (as ``streamrec retrain`` refits its model), and that count."""
     refit = copy.deepcopy(template)
@@ -310,5 +332,5 @@ def _refit(template: Recommender, early: Recommender, graph: InteractionGraph
     if best and hasattr(refit, "epochs"):
         epochs = max(1, int(best))
         refit.epochs = epochs  # type: ignore[attr-defined]
-    return refit.fit(graph), epochs
+    return fit(refit, graph, None), epochs
 

@@ -206,3 +206,15 @@ def test_candidate_top_k_equals_exact_scoring(covis_weight: float) -> None:
         expected = np.lexsort((np.arange(len(row)), -row))[:10]
         np.testing.assert_array_equal(items, expected)
         np.testing.assert_allclose(scores, row[expected], rtol=1e-5)
+
+
+def test_a_base_without_warm_validation_users_is_fitted_without_early_stopping() -> None:
+    # the newest tenth holds only new users: nothing to stop the base's training on (this
+    # raised "no warm test user" from the base's validation recall)
+    users = np.r_[np.repeat(np.arange(10), 9), np.arange(10, 20)]
+    items = np.r_[np.tile(np.arange(9), 10), np.arange(10) % 9]
+    g = InteractionGraph.from_arrays(users, items, np.arange(len(users), dtype=float) * 600)
+    kwargs = dict(embedding_dim=4, epochs=2, progress=False, device="cpu")
+    ranker = make_model("trend", base="lightgcn", base_kwargs=kwargs, seed=1).fit(g)
+    assert ranker.early_base_.history_.valid == [] and ranker.base_epochs_ == 2
+    assert torch.isfinite(ranker.score(torch.arange(3))).all()

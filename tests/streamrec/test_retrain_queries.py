@@ -126,3 +126,28 @@ def test_cli_round_trip(tmp_path) -> None:
     assert res.exit_code == 1 and "unknown item" in res.output
     res = runner.invoke(app, ["retrain", "--model", "nope", "--store", url])
     assert res.exit_code == 1 and "unknown model" in res.output
+
+
+def test_a_retrain_in_two_processes_publishes_one_process_vectors(tmp_path) -> None:
+    """``--processes 2`` fits the trend ranker's LightGCN base data-parallel (the early
+    stopping fit and the refit): the published vectors are those of one process."""
+    events = _community_events()
+    # shuffled in time, so that the newest tenth has known users meeting new items
+    order = np.random.default_rng(0).permutation(len(events))
+    events = [Event.create(e.user_id, e.item_id, events[j].ts)
+              for e, j in zip(events, order, strict=True)]
+    vectors = []
+    for processes in (1, 2):
+        graph = GraphStore(f"sqlite:///{tmp_path / f'p{processes}.db'}")
+        graph.write_batch(events)
+        embeddings = EmbeddingStore(graph.engine)
+        plan = RetrainPlan(model="trend", epochs=3, dim=8, progress=False, processes=processes,
+                           train_updater=False, extra={"base_kwargs": {"device": "cpu"}})
+        info = retrain(graph, embeddings, plan)
+        assert info.metrics["base_epochs"] >= 1  # the base was validated, then refitted
+        snap = embeddings.load(info.id)
+        vectors.append((snap.users, snap.items))
+        graph.engine.dispose()
+    np.testing.assert_allclose(vectors[1][0], vectors[0][0], atol=1e-5)
+    np.testing.assert_allclose(vectors[1][1], vectors[0][1], atol=1e-5)
+    assert np.abs(vectors[0][0]).max() > 0
