@@ -137,8 +137,7 @@ def fit_model(plan: RetrainPlan, graph: InteractionGraph) -> FitOutcome:
         model = make_model(plan.model, **kwargs)
         if isinstance(model, TrendRanker):
             model.fit_base = fit
-        return FitOutcome(model.fit(graph) if isinstance(model, TrendRanker)
-                          else fit(model, graph, None), {})
+        return FitOutcome(fit(model, graph, None), {})
     return fit_validated(partial(make_model, plan.model), kwargs, graph, train, valid,
                          seed=plan.seed, progress=plan.progress,
                          train_updater=plan.train_updater, fit=fit)
