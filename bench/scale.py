@@ -1,5 +1,6 @@
-"""Scale bench (issue 14, first part): store ingest, full-history snapshot and a LightGCN
-epoch at N synthetic events, each with the process's peak RSS.
+"""Scale bench (issue 14, first part): store ingest, full-history snapshot, a LightGCN
+epoch and the live updater's start-up on its version at N synthetic events, each with the
+process's peak RSS.
 
     python bench/scale.py [--events 200000] [--store postgresql+psycopg://...] [--out PATH]
 
@@ -7,14 +8,17 @@ The synthetic stream (stream/synthetic.py) is written with ``GraphStore.write_ba
 batches of ``--batch`` events: the ingest rate is the store write alone, without Kafka
 (bench/ingest.py measures the consumer path). The snapshot is read by the columnar path
 (store/columnar.py) and by the old row-by-row path, whose ratio is the in-process
-reference. Always runs on a fresh SQLite file; with ``--store`` also on PostgreSQL (in a
-fresh schema, dropped afterwards). ``--events 10000000`` is the issue's full run. Writes
-the table to ``docs/benchmarks.md``.
+reference. The updater start-up runs in a fresh process on the SQLite store, with the
+neighbour buffers a retrain publishes and, as the reference, without them (the
+full-history path of older versions). Always runs on a fresh SQLite file; with
+``--store`` also on PostgreSQL (in a fresh schema, dropped afterwards). ``--events
+10000000`` is the issue's full run. Writes the table to ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import tempfile
 import time
@@ -24,8 +28,11 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from models import LightGCN
+from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
 from stream.synthetic import generate
+from streamrec.live import LiveUpdater
+from streamrec.retrain import neighbour_buffers
 
 
 def peak_rss_mib() -> float:
@@ -85,7 +92,7 @@ def run_store(
     del old
     if train:
         start = time.perf_counter()
-        LightGCN(epochs=1, progress=False).fit(graph)
+        model = LightGCN(epochs=1, progress=False).fit(graph)
         rows.append(
             (
                 label,
@@ -94,9 +101,66 @@ def run_store(
                 f"{peak_rss_mib():,.0f}",
             )
         )
+        del graph
+        run_updater_startup(label, url, store, model, rows)
     store.engine.dispose()
     for row in rows[first:]:
         print(" | ".join(row), flush=True)
+
+
+def _updater_ready(url: str) -> tuple[float, float, int]:
+    """In a fresh process: seconds from a new LiveUpdater's first sync on the active version
+    to its return (buffers restored or rebuilt, the unseen events folded in, their overlay
+    rows written), the process's peak RSS (MiB) and the events it replayed."""
+    graph = GraphStore(url)
+    live = LiveUpdater(graph, EmbeddingStore(graph.engine), device="cpu")
+    start = time.perf_counter()
+    live.sync()
+    seconds = time.perf_counter() - start
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork + exec
+    status = Path("/proc/self/status").read_text().splitlines()
+    hwm = next(float(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return seconds, hwm / 1024, live.stats.replayed_events
+
+
+def run_updater_startup(
+    label: str, url: str, store: GraphStore, model: LightGCN, rows: list[tuple[str, ...]],
+    *, unseen: int = 1_000, repeats: int = 2,
+) -> None:
+    """Updater start-up on a LightGCN version (``model``) that saw all but the newest
+    ``unseen`` stored events: published with the neighbour buffers a retrain builds, then as
+    a version without them (the reference: the history up to the cutoff read and buffered
+    again, as every start did before). Each start runs in a fresh process, ``repeats``
+    times (the fastest is shown: the machine is shared)."""
+    seq = store.ingest_seq() - unseen
+    seen = store.snapshot(seq=seq)
+    users, items = model.user_embeddings().numpy(), model.item_embeddings().numpy()
+    start = time.perf_counter()
+    buffers = neighbour_buffers(seen, users.shape[1])
+    build = time.perf_counter() - start
+    assert buffers is not None
+    embeddings = EmbeddingStore(store.engine)
+    cutoff = float(seen.ts.max())
+    del seen
+    figures = []
+    for blob in (buffers, None):
+        version = embeddings.create_version(
+            "lightgcn", cutoff, users, items, hyper_parameters={}, metrics={},
+            ingest_seq=seq, neighbour_buffers=blob)
+        embeddings.activate(version)
+        runs = []
+        for _ in range(repeats):
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                runs.append(pool.apply(_updater_ready, (url,)))
+            assert runs[-1][2] == unseen, runs[-1]
+        figures.append(min(runs))
+    (new, new_rss, _), (old, old_rss, _) = figures
+    rows.append((label, "updater start-up, stored buffers (fresh process)",
+                 f"{new:,.2f} s ({unseen:,} unseen events folded in; buffers "
+                 f"{len(buffers) / 2**20:,.1f} MiB, built in the retrain in {build:,.1f} s)",
+                 f"{new_rss:,.0f}"))
+    rows.append((label, "updater start-up, full history (reference)",
+                 f"{old:,.2f} s ({old / new:.1f}x slower)", f"{old_rss:,.0f}"))
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 ``embedding_versions`` holds one row per full retrain (the version ``v{id}``), its vectors
 live in ``embedding_vectors`` (float32 little-endian bytes, one row per node),
 ``embedding_overlay`` holds the latest incremental vector of a node together with the base
-version it was computed against, and ``embedding_active`` is a single-row pointer whose
+version it was computed against, ``embedding_buffers`` the neighbour buffers of the events a
+version saw (store/version_buffers.py), and ``embedding_active`` is a single-row pointer whose
 update makes activation atomic. The tables share :data:`store.schema.metadata`, so every
 ``create_all`` of the store creates them. Times are epoch seconds (float).
 """
@@ -82,6 +83,15 @@ embedding_overlay = Table(
     Column("updated_at", Double, nullable=False, comment="epoch seconds"),
     Column("base_version_id", Integer, ForeignKey("embedding_versions.id"), nullable=False),
     Index("ix_embedding_overlay_base_updated", "base_version_id", "updated_at"),
+)
+
+embedding_buffers = Table(
+    "embedding_buffers",
+    metadata,
+    Column("version_id", Integer, ForeignKey("embedding_versions.id"), primary_key=True),
+    Column("part", Integer, primary_key=True, autoincrement=False, comment="0, 1, 2, ..."),
+    Column("data", LargeBinary, nullable=False,
+           comment="a slice of NeighbourBuffer.to_bytes(); the parts in order are the whole"),
 )
 
 embedding_active = Table(

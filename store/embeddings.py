@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from store import bulk
+from store import bulk, version_buffers
 from store import embedding_schema as es
 from store.embedding_schema import (
     EmbeddingSnapshot,
@@ -90,6 +90,7 @@ class EmbeddingStore:
         updater_state: bytes | None = None,
         ingest_seq: int | None = None,
         ranker_state: bytes | None = None,
+        neighbour_buffers: bytes | None = None,
     ) -> int:
         """Publish a new version (status ``ready``); it is served only after :meth:`activate`.
 
@@ -105,6 +106,9 @@ class EmbeddingStore:
             ingest_seq: the graph store's ingest sequence at the training snapshot
                 (:meth:`~store.graph.GraphStore.snapshot_seen`); with it the live updater
                 replays exactly the events the base did not see, late ones included.
+            neighbour_buffers: ``NeighbourBuffer.to_bytes()`` of the events the version saw,
+                so the live updater starts without reading the history
+                (store/version_buffers.py).
         Returns:
             The version id (shown as ``v{id}``).
         Raises:
@@ -119,6 +123,9 @@ class EmbeddingStore:
         items = es.as_vectors(item_vectors, "item_vectors", dim=users.shape[1])
         if updater_state is not None and not isinstance(updater_state, bytes | bytearray):
             raise TypeError(f"updater_state must be bytes, got {type(updater_state).__name__}")
+        if neighbour_buffers is not None and not isinstance(neighbour_buffers, bytes | bytearray):
+            raise TypeError(f"neighbour_buffers must be bytes, got "
+                            f"{type(neighbour_buffers).__name__}")
         row = {
             "model": model,
             "cutoff": float(cutoff),
@@ -139,6 +146,8 @@ class EmbeddingStore:
         try:
             self._write_vectors(version_id, "user", users)
             self._write_vectors(version_id, "item", items)
+            if neighbour_buffers is not None:
+                version_buffers.write(self._writer, version_id, bytes(neighbour_buffers))
             t = es.embedding_versions
             with self._writer.begin() as conn:
                 done = conn.execute(
@@ -279,6 +288,7 @@ class EmbeddingStore:
         t, v, o = es.embedding_versions, es.embedding_vectors, es.embedding_overlay
         conn.execute(v.delete().where(v.c.version_id.in_(version_ids)))
         conn.execute(o.delete().where(o.c.base_version_id.in_(version_ids)))
+        version_buffers.delete(conn, version_ids)
         conn.execute(
             update(t).where(t.c.id.in_(version_ids)),
             {"pruned_at": now, "updater_state": None, "ranker_state": None},
@@ -323,6 +333,13 @@ class EmbeddingStore:
     def ranker_state(self, version_id: int) -> bytes | None:
         """The trend ranker's state published with the version (None if it has none)."""
         return self._blob(version_id, "ranker_state")
+
+    def neighbour_buffers(self, version_id: int) -> bytes | None:
+        """The neighbour buffers published with the version (``NeighbourBuffer.to_bytes()``
+        of the events it saw), or None: an older retrain, a 1-d model, a pruned version."""
+        with self.engine.connect() as conn:
+            info = self._version(conn, version_id)
+            return version_buffers.read(conn, info.id)
 
     def _blob(self, version_id: int, column: str) -> bytes | None:
         t = es.embedding_versions

@@ -65,9 +65,17 @@ def unseen_by(conn: Connection, seq: int | None, cutoff: float, *, upto: int) ->
     recorded) falls back to event time alone. Read as columns (store/columnar.py): after a
     long outage or at a new base's activation this can be much of the history."""
     t = schema.interactions
-    after_cutoff = t.c.ts > float(cutoff)
-    cond = after_cutoff if seq is None else (t.c.id > int(seq)) | after_cutoff
-    cols = columnar.read(conn, cond & (t.c.id <= int(upto)), order="id")
+    # two index range reads, not one ``id > seq OR ts > cutoff``: SQLite answers that with
+    # a scan of every row up to ``upto`` (0.16 s at 1M events, growing with the history);
+    # the events after the cutoff come through ix_interactions_ts (read in its order)
+    late = columnar.read(conn, t.c.ts > float(cutoff), order="time")
+    keep = late["id"] <= (int(upto) if seq is None else min(int(seq), int(upto)))
+    parts = [{name: col[keep] for name, col in late.items()}]
+    if seq is not None:  # stored after the snapshot, whatever their time: by id
+        parts.append(columnar.read(conn, (t.c.id > int(seq)) & (t.c.id <= int(upto)),
+                                   order="id"))
+    order = np.argsort(np.concatenate([p["id"] for p in parts]), kind="stable")
+    cols = {name: np.concatenate([p[name] for p in parts])[order] for name in parts[0]}
     return StoredEvents(int(upto), cols["id"], cols["user_idx"], cols["item_idx"], cols["ts"],
                         cols["weight"].astype(np.float32))
 

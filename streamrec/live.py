@@ -12,9 +12,10 @@ however Kafka batches their partitions; a restarted process rebuilds the same st
 
 Merge rule (../shared/DESIGN.md): on a new active base (seen on a batch or on the watcher's
 poll, so a quiet stream gets its replay at once) it rebuilds from that base alone: the
-neighbour buffers hold what the base trained on (ingest sequence ``<= S`` and ``ts <= C``)
-and every event it did not see (``seq > S``, late ones with ``ts <= C`` included, or
-``ts > C``) is folded in. No event is lost, none is counted twice.
+neighbour buffers hold what the base trained on (ingest sequence ``<= S`` and ``ts <= C``;
+the retrain publishes them with the version, so a start costs the buffers and the unseen
+events, not the history) and every event it did not see (``seq > S``, late ones with
+``ts <= C`` included, or ``ts > C``) is folded in. No event is lost, none is counted twice.
 
 Outages: each call is retried with the ingest's back-off (:class:`~stream.retry.RetryPolicy`)
 instead of killing the process; the nodes still to write are kept until a transaction that
@@ -171,7 +172,7 @@ class LiveUpdater:
             if active is None:
                 return None
             if active.id != self._version_id:
-                self._load(active)  # built outside the transaction: it reads the whole history
+                self._load(active)  # outside the transaction: it folds in every unseen event
             with self.embeddings.live_transaction() as conn:
                 current = self.embeddings.active_version(conn)
                 if current is not None and current.id == self._version_id:
@@ -228,12 +229,10 @@ class LiveUpdater:
                         "retrain of an embedding model", info.name)
             self._switch(info, None, upto, (_NONE, _NONE))
             return
-        seen = info.ingest_seq if info.ingest_seq is not None else upto
-        history = self.graph.snapshot(until=info.cutoff, seq=seen)
-        base_buffer = NeighbourBuffer.from_graph(history, self.num_neighbours).state_dict()
+        buffers = self._base_buffers(info, upto)  # compact bytes: decoded again on a rebuild
 
         def make() -> IncrementalUpdater:
-            buffer = NeighbourBuffer(self.num_neighbours).load_state_dict(base_buffer)
+            buffer = NeighbourBuffer.from_bytes(buffers)
             return IncrementalUpdater(snap.users, snap.items, module, buffer,
                                       device=self.device)
 
@@ -246,6 +245,23 @@ class LiveUpdater:
         self.stats.replayed_events += unseen.num_events
         log.info("%s: folded in the %d stored events it did not see", info.name,
                  unseen.num_events)
+
+    def _base_buffers(self, info: VersionInfo, upto: int) -> bytes:
+        """``NeighbourBuffer.to_bytes()`` of the events base ``info`` saw: those the retrain
+        published with it, else (a version from before they were, or another ``N``) built
+        from the whole history it saw, as every start did before."""
+        stored = self.embeddings.neighbour_buffers(info.id)
+        if stored is not None:
+            if NeighbourBuffer.stored_num_neighbours(stored) == self.num_neighbours:
+                return stored
+            log.info("%s's stored neighbour buffers hold a different N than num_neighbours="
+                     "%d; rebuilding them from the history", info.name, self.num_neighbours)
+        else:
+            log.info("%s has no stored neighbour buffers (retrained before they were "
+                     "published); rebuilding them from the history it saw", info.name)
+        seen = info.ingest_seq if info.ingest_seq is not None else upto
+        history = self.graph.snapshot(until=info.cutoff, seq=seen)
+        return NeighbourBuffer.from_graph(history, self.num_neighbours).to_bytes()
 
     def _switch(self, info: VersionInfo, fold: OrderedFold | None, upto: int,
                 changed: tuple[np.ndarray, np.ndarray]) -> None:

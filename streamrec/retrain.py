@@ -17,6 +17,7 @@ import numpy as np
 
 from models import make_model, model_arguments
 from models.base import InteractionGraph, Recommender
+from models.neighbour_buffer import NeighbourBuffer
 from models.trend import TrendRanker
 from models.trend.ranker import DEFAULT_BASE, BaseFit
 from store.embeddings import EmbeddingStore, VersionInfo
@@ -232,6 +233,13 @@ def _train_updater(graph: InteractionGraph, early: Recommender, holdout: float,
     return module.to_bytes()
 
 
+def neighbour_buffers(graph: InteractionGraph, dim: int) -> bytes | None:
+    """The live updater's neighbour buffers (``N`` = 20, its default) of the snapshot a
+    version of ``dim`` trains on, published with it so the updater's start-up reads them
+    instead of the history; None for a 1-d model (nothing to fold in)."""
+    return None if dim < 2 else NeighbourBuffer.from_graph(graph).to_bytes()
+
+
 def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPlan) -> VersionInfo:
     """Run a full retrain and activate the new version; returns it.
 
@@ -248,21 +256,26 @@ def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPl
     cutoff = plan.cutoff if plan.cutoff is not None else float(graph.ts.max())
     outcome = fit_model(plan, graph)
     model, metrics = outcome.model, outcome.metrics
+    users, items = model.user_embeddings().numpy(), model.item_embeddings().numpy()
+    buffers_started = time.perf_counter()
+    buffers = neighbour_buffers(graph, users.shape[1])
     metrics.update(
         train_seconds=time.perf_counter() - started,
         num_edges=float(graph.num_edges),
+        buffer_seconds=time.perf_counter() - buffers_started,
     )
     version_id = embeddings.create_version(
         plan.model,
         cutoff,
-        model.user_embeddings().numpy(),
-        model.item_embeddings().numpy(),
+        users,
+        items,
         hyper_parameters={"model": plan.model, **model.hyper_parameters(), "seed": plan.seed,
                           **(model.fitted_summary() if isinstance(model, TrendRanker) else {})},
         metrics=metrics,
         updater_state=outcome.updater_state,
         ingest_seq=seq,
         ranker_state=model.serving_state() if isinstance(model, TrendRanker) else None,
+        neighbour_buffers=buffers,
     )
     embeddings.activate(version_id, keep=plan.keep)
     info = embeddings.get_version(version_id)
