@@ -13,6 +13,7 @@ from store.ann_cache import IndexCache
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
 from stream.events import Event
+from streamrec.api import default_index_cache
 from streamrec.queries import QueryService
 
 T0 = 1_700_000_000.0
@@ -100,3 +101,14 @@ def test_a_worker_behind_the_shared_index_serves_its_own_snapshot(  # type: igno
     top = second.recommend("u1", k=2, exclude_seen=False)["items"]
     assert {r["item_id"] for r in top} == {"i5", "i6"}
     assert first.recommend("u1", k=2, exclude_seen=False)["items"] != top  # its old snapshot
+
+
+@pytest.mark.parametrize(("url", "want"), [
+    ("sqlite:////srv/rec/streamrec.db", "/srv/rec/index-cache"),
+    ("sqlite:///./var/streamrec.db", "./var/index-cache"),
+    ("sqlite://", None),  # in memory: one process, nothing to share
+    ("sqlite:///:memory:", None),
+    ("postgresql+psycopg://db/rec", "./var/index-cache"),
+])
+def test_serve_keeps_the_index_cache_beside_a_sqlite_store(url: str, want: str | None) -> None:
+    assert default_index_cache(url) == want
