@@ -44,14 +44,17 @@ def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
 
 def start_server(url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     """``serve(url, port=port, workers=workers)`` in a subprocess (uvicorn's log in ``log``),
+    with the index cache ``streamrec serve`` defaults to (the workers share one built index),
     returned once every worker has started and a version is served."""
     code = ("import logging; logging.basicConfig(level=logging.INFO); "  # the index line
-            f"from streamrec.api import serve; serve({url!r}, port={port}, "
-            f"log_level='info', access_log=False, workers={workers})")
+            "from streamrec.api import default_index_cache, serve; "
+            f"serve({url!r}, port={port}, log_level='info', access_log=False, "
+            f"workers={workers}, index_cache=default_index_cache({url!r}))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=out, stdout=out)
-    deadline = time.monotonic() + 300
+    started_at = time.monotonic()
+    deadline = started_at + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited with {proc.returncode}:\n{log.read_text()}")
@@ -60,6 +63,8 @@ def start_server(url: str, port: int, log: Path, workers: int = 1) -> subprocess
         try:
             served = httpx.get(f"http://127.0.0.1:{port}/healthz").json().get("served")
             if served and started >= workers:
+                print(f"{workers} worker(s) up in {time.monotonic() - started_at:.1f} s",
+                      flush=True)
                 return proc
         except httpx.TransportError:
             pass

@@ -1,8 +1,9 @@
-"""Scale bench (issue 14, first part): store ingest, full-history snapshot, a LightGCN
-epoch and the live updater's start-up on its version at N synthetic events, each with the
-process's peak RSS.
+"""Scale bench (issue 14): store ingest, full-history snapshot, a LightGCN epoch and
+the live updater's start-up on its version at N synthetic events, serve start-up and
+`recommend` latency at N items, each with the process's peak RSS.
 
     python bench/scale.py [--events 200000] [--store postgresql+psycopg://...] [--out PATH]
+                          [--serve-items 100000]
 
 The synthetic stream (stream/synthetic.py) is written with ``GraphStore.write_batch`` in
 batches of ``--batch`` events: the ingest rate is the store write alone, without Kafka
@@ -13,6 +14,13 @@ neighbour buffers a retrain publishes and, as the reference, without them (the
 full-history path of older versions). Always runs on a fresh SQLite file; with
 ``--store`` also on PostgreSQL (in a fresh schema, dropped afterwards). ``--events
 10000000`` is the issue's full run. Writes the table to ``docs/benchmarks.md``.
+
+Serving (:func:`run_serving`, ``--serve-items``, 0 to skip; the issue's figure is at 1M): a
+SQLite store from bench/query_latency.py (random Gaussian vectors, the ANN worst case), the
+start-up of a first API worker (``QueryService.refresh``: loads the version and builds the
+HNSW index, publishing it to a shared ``IndexCache``) against that of the next ones (the same,
+reading the index back), and ``recommend`` p50/p99 in-process on the read-back index
+(bench/api_load.py measures it over HTTP).
 """
 
 from __future__ import annotations
@@ -25,13 +33,17 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+import query_latency  # bench/ is on sys.path when this script runs
 from sqlalchemy import create_engine, text
 
 from models import LightGCN
+from store.ann_cache import IndexCache
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
 from stream.synthetic import generate
 from streamrec.live import LiveUpdater
+from streamrec.queries import QueryService
 from streamrec.retrain import neighbour_buffers
 
 
@@ -163,6 +175,41 @@ def run_updater_startup(
                  f"{old:,.2f} s ({old / new:.1f}x slower)", f"{old_rss:,.0f}"))
 
 
+def run_serving(items: int, rows: list[tuple[str, ...]], *, users: int = 20_000,
+                events_per_user: int = 5, queries: int = 2000, seed: int = 0) -> None:
+    """Serve start-up (index built vs read back) and in-process ``recommend`` p50/p99 at
+    ``items`` items, on a fresh SQLite store with ``users`` users."""
+    first = len(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        graph = query_latency.build(Path(tmp) / "serve.db", users, items, events_per_user, seed)
+        print(f"built the serving store ({items:,} items, {users:,} users) in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        embeddings = EmbeddingStore(graph.engine)
+        timings = []
+        for _ in range(2):  # the first worker builds and publishes, the second reads it back
+            service = QueryService(graph, embeddings, index_cache=IndexCache(Path(tmp) / "ix"))
+            start = time.perf_counter()
+            service.refresh()
+            timings.append(time.perf_counter() - start)
+        index = service.served.index
+        size = sum(f.stat().st_size for f in (Path(tmp) / "ix").glob("*.faiss")) / 2**20
+        label = f"{items:,} items, {index.kind}"
+        rows.append(("SQLite", f"serve start-up, first worker (builds the index), {label}",
+                     f"{timings[0]:,.1f} s", f"{peak_rss_mib():,.0f}"))
+        rows.append(("SQLite", "serve start-up, next workers (read the shared index back)",
+                     f"{timings[1]:,.1f} s ({timings[0] / timings[1]:,.0f}x faster; "
+                     f"{size:,.0f} MiB file, mapped)", f"{peak_rss_mib():,.0f}"))
+        picks = np.random.default_rng(seed).integers(1, users, queries)
+        p50, p99 = query_latency.percentiles(lambda u: service.recommend(u, k=10),
+                                             [f"u{u}" for u in picks])
+        rows.append(("SQLite", f"recommend k=10 in-process, {label} (target p99 <= 5 ms)",
+                     f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", f"{peak_rss_mib():,.0f}"))
+        graph.engine.dispose()
+    for row in rows[first:]:
+        print(" | ".join(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -170,6 +217,8 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="a PostgreSQL URL to run on as well")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--serve-items", type=int, default=100_000,
+                        help="catalogue of the serving rows (0: skip them; issue: 1000000)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -201,6 +250,8 @@ def main() -> None:
             with admin.connect() as conn:
                 conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
             admin.dispose()
+    if args.serve_items:
+        run_serving(args.serve_items, rows, seed=args.seed)
 
     table = ["| store | step | figure | peak RSS (MiB) |", "| --- | --- | --- | --- |"]
     table += [f"| {' | '.join(row)} |" for row in rows]
@@ -208,7 +259,8 @@ def main() -> None:
     args.out.write_text(
         "# Benchmarks\n\n## Scale (bench/scale.py)\n\n"
         f"`python bench/scale.py --events {args.events}"
-        f"{' --store POSTGRES_URL' if args.store else ''}` (batches of {args.batch:,}; "
+        f"{' --store POSTGRES_URL' if args.store else ''}"
+        f" --serve-items {args.serve_items}` (batches of {args.batch:,}; "
         "ingest is the store write alone, without Kafka; peak RSS is the process's so far, "
         "so it only grows down the table).\n\n" + "\n".join(table) + "\n"
     )

@@ -7,6 +7,8 @@ filtered after an over-fetch, with an exact brute-force fallback for a row that 
 A serving process keeps the index fresh without rebuilding it: :meth:`ItemIndex.updated`
 returns an index that scores the given items with their new vectors (items whose vector the
 incremental updater moved, and new items), exactly, on top of the built index's candidates.
+Several processes share one built HNSW graph through :class:`BuiltIndex` (:attr:`ItemIndex.
+built`, the ``built`` argument), which :mod:`store.ann_cache` writes to and maps from a file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -30,6 +33,36 @@ GPU_MAX_K = 2048
 
 #: Results per probe query in the build-time recall check of the HNSW space.
 PROBE_K = 10
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    """A FAISS HNSW graph built over an item matrix, with what :class:`ItemIndex` chose for it.
+
+    Args:
+        index: the ``faiss.IndexHNSWFlat`` over ``[I, dim]`` (``space="ip"``) or over the
+            augmented ``[I, dim + 1]`` (``space="l2"``), ids ``0..I-1``.
+        space: ``"ip"`` or ``"l2"`` (see :class:`ItemIndex`).
+        build_recall: recall@10 of the kept space on the probe queries.
+        probe_recalls: that recall of each space tried.
+    """
+
+    index: Any
+    space: str
+    build_recall: float
+    probe_recalls: dict[str, float]
+
+    def vectors(self) -> np.ndarray:
+        """The item vectors the graph was built over, ``[I, dim]`` float32: a view of the
+        index's own storage (of a memory-mapped file when read so), strided for ``"l2"``,
+        valid while :attr:`index` lives (keep this object referenced while using it)."""
+        import faiss
+
+        storage = faiss.downcast_index(self.index.storage)
+        n, d = storage.ntotal, storage.d
+        flat = faiss.rev_swig_ptr(storage.get_xb(), n * d) if n else np.empty(0, np.float32)
+        matrix = np.asarray(flat).reshape(n, d)
+        return matrix[:, : d - 1] if self.space == "l2" else matrix
 
 
 def _import_faiss() -> ModuleType | None:
@@ -70,6 +103,10 @@ class ItemIndex:
         max_fetch: most results asked of the FAISS index per search; None: unbounded on CPU,
             :data:`GPU_MAX_K` on a GPU, or the index's own ``GPU_MAX_K`` when FAISS exposes
             it (default: None). Requests beyond it are answered exactly by brute force.
+        built: an HNSW graph already built over exactly these ``items`` (:attr:`built` of
+            another index, e.g. read back by :class:`~store.ann_cache.IndexCache`), served
+            as it is instead of building one; its search answers are the builder's
+            (default: None: build).
 
     >>> index = ItemIndex(np.eye(3, dtype=np.float32), backend="numpy")
     >>> scores, ids = index.search(np.array([[1.0, 0.5, 0.0]]), k=2, exclude=[np.array([0])])
@@ -90,6 +127,7 @@ class ItemIndex:
         probe_queries: np.ndarray | None = None,
         hnsw_space: str | None = None,
         max_fetch: int | None = None,
+        built: BuiltIndex | None = None,
     ) -> None:
         if backend not in ("faiss", "numpy"):
             raise ValueError(f"backend must be 'faiss' or 'numpy', got {backend!r}")
@@ -126,8 +164,36 @@ class ItemIndex:
         self.space = "ip"  # of the HNSW graph: "ip" or "l2" (augmented), see the class doc
         self.build_recall: float | None = None  # HNSW: recall@10 on the probe queries
         self.probe_recalls: dict[str, float] = {}  # HNSW: that recall of each space tried
-        if faiss is not None:
+        if built is not None:
+            self._attach(built)
+        elif faiss is not None:
             self._index = self._build(faiss, use_gpu, probe_queries)
+
+    def _attach(self, built: BuiltIndex) -> None:
+        if self._faiss is None:
+            raise ValueError("a built FAISS index needs backend='faiss' and faiss importable")
+        if built.space not in ("l2", "ip"):
+            raise ValueError(f"built.space must be 'l2' or 'ip', got {built.space!r}")
+        index = built.index
+        want_d = self.dim + (built.space == "l2")
+        if not isinstance(index, self._faiss.IndexHNSW) or index.ntotal != len(self) or (
+                index.d != want_d):
+            raise ValueError(f"built index must be an HNSW index over {len(self)} vectors of "
+                             f"dim {want_d}, got {type(index).__name__} over {index.ntotal} "
+                             f"of dim {index.d}")
+        self.kind, self.space, self._index = "hnsw", built.space, index
+        self.hnsw_m = int(index.hnsw.nb_neighbors(1))
+        self.build_recall, self.probe_recalls = built.build_recall, dict(built.probe_recalls)
+
+    @property
+    def built(self) -> BuiltIndex | None:
+        """The HNSW graph to share with other processes; None for flat and numpy indexes
+        (cheap to build) and once :meth:`updated` moved items (the graph then scores
+        vectors other than :attr:`items`)."""
+        if self.kind != "hnsw" or len(self._fresh) or self._built != len(self):
+            return None
+        assert self.build_recall is not None
+        return BuiltIndex(self._index, self.space, self.build_recall, dict(self.probe_recalls))
 
     def _build(self, faiss: ModuleType, use_gpu: bool | None,
                probe_queries: np.ndarray | None):  # type: ignore[no-untyped-def]

@@ -341,7 +341,10 @@ class GraphStore:
             _, num_items = self._node_counts(conn)
         counts = np.zeros(num_items, np.int64)
         if rows:
-            idx, n = np.array(rows, np.int64).T
+            # flattened through fromiter: np.array(rows) probes every Row for the array
+            # protocols (six failed attribute look-ups each, 2.6 s of a 100k-item refresh)
+            pairs = np.fromiter((v for row in rows for v in row), np.int64, 2 * len(rows))
+            idx, n = pairs.reshape(-1, 2).T
             counts[idx] = n
         return counts
 

@@ -21,7 +21,9 @@ from typing import Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import make_url
 
+from store.ann_cache import IndexCache
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
 from store.retrain_jobs import RetrainJobStore
@@ -69,6 +71,7 @@ def create_app(
     ann_backend: str = "faiss",
     fast_path: bool = True,
     change_feed: bool = True,
+    index_cache: IndexCache | None = None,
 ) -> FastAPI:
     """The HTTP API over ``graph`` and ``embeddings``.
 
@@ -89,12 +92,14 @@ def create_app(
         fast_path: answer well-formed query requests in :class:`~streamrec.api_queries.
             QueryFastPath` ahead of FastAPI's routing (same bytes, less CPU per request);
             False: FastAPI routes every request.
+        index_cache: share each version's built HNSW index with the other processes on this
+            cache (see :class:`~streamrec.queries.QueryService`; default: None, build own).
     """
     metrics = metrics if metrics is not None else Metrics()
     retrain_token, token_problem = _usable_token(retrain_token)
     if token_problem:
         log.warning("POST /retrain is off: %s", token_problem)
-    service = QueryService(graph, embeddings, ann_backend=ann_backend)
+    service = QueryService(graph, embeddings, ann_backend=ann_backend, index_cache=index_cache)
     refresher = Refresher(service, refresh_interval_s, metrics, change_feed=change_feed)
     runner = RetrainRunner(graph, embeddings, lambda: refresher.check_quietly())
     metrics.api.track_ages(
@@ -299,6 +304,7 @@ def serve(
     log_level: str = "info",
     access_log: bool = True,
     workers: int = 1,
+    index_cache: str | None = None,
 ) -> None:
     """Run the API with uvicorn until interrupted (what ``streamrec serve`` calls).
 
@@ -313,10 +319,14 @@ def serve(
             :class:`~streamrec.api_workers.WorkerSupervisor` runs :func:`worker_app` in each,
             on its own ``SO_REUSEPORT`` socket so that the kernel spreads connections over
             them (the configuration travels in the environment variable
-            ``STREAMREC_API_WORKER_CONFIG``); every worker loads the active version
-            and builds its own ANN index, so memory and start-up time grow with ``workers``,
-            and ``/metrics`` describes the worker that answers it. Retrain jobs are shared
-            through the store (one at a time across all workers).
+            ``STREAMREC_API_WORKER_CONFIG``); every worker loads the active version (so
+            memory grows with ``workers``), and ``/metrics`` describes the worker that
+            answers it. Retrain jobs are shared through the store (one at a time across all
+            workers).
+        index_cache: directory of the built HNSW indexes (:class:`~store.ann_cache.
+            IndexCache`): the first worker to need a version's index builds and publishes
+            it, the others, and later restarts, map it from there (one copy in memory for
+            all); None or empty: every worker builds its own (default: None).
     """
     import inspect
 
@@ -335,7 +345,7 @@ def serve(
     if workers > 1:
         graph.engine.dispose()
         config = {"store_url": store_url, "retrain_token": retrain_token,
-                  "refresh_interval_s": refresh_interval_s,
+                  "refresh_interval_s": refresh_interval_s, "index_cache": index_cache,
                   "logging_level": logging.getLogger().getEffectiveLevel()}
         previous = os.environ.get(WORKER_CONFIG_ENV)
         os.environ[WORKER_CONFIG_ENV] = json.dumps(config)  # spawned workers inherit it
@@ -360,12 +370,25 @@ def serve(
                 os.environ[WORKER_CONFIG_ENV] = previous
         return
     app = create_app(graph, embeddings, retrain_token=retrain_token,
-                     refresh_interval_s=refresh_interval_s)
+                     refresh_interval_s=refresh_interval_s,
+                     index_cache=IndexCache(index_cache) if index_cache else None)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level.lower(),
                     access_log=access_log)
     finally:
         graph.engine.dispose()
+
+
+def default_index_cache(store_url: str) -> str | None:
+    """Where ``serve`` keeps built indexes by default: ``index-cache`` beside a SQLite file
+    store, none for an in-memory one (one process), else ``./var/index-cache``."""
+    url = make_url(store_url)
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:"):
+            return None
+        return os.path.join(os.path.dirname(database) or ".", "index-cache")
+    return os.path.join(".", "var", "index-cache")
 
 
 def worker_app() -> FastAPI:
@@ -383,9 +406,12 @@ def worker_app() -> FastAPI:
         logging.basicConfig(level=config["logging_level"],
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     graph = GraphStore(config["store_url"])
+    cache = config.get("index_cache")
     return create_app(graph, EmbeddingStore(graph.engine),
                       retrain_token=config["retrain_token"],
-                      refresh_interval_s=config["refresh_interval_s"])
+                      refresh_interval_s=config["refresh_interval_s"],
+                      index_cache=IndexCache(cache) if cache else None)
 
 
-__all__ = ["Refresher", "RetrainRunner", "create_app", "serve", "worker_app"]
+__all__ = ["Refresher", "RetrainRunner", "create_app", "default_index_cache", "serve",
+           "worker_app"]

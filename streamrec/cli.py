@@ -587,19 +587,28 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     workers: Annotated[int | None, typer.Option(
-        min=1, help="server processes; each loads the active version and its ANN index "
-        "(env STREAMREC_API_WORKERS; default 1)")] = None,
+        min=1, help="server processes; each loads the active version, and they share its "
+        "ANN index through --index-cache (env STREAMREC_API_WORKERS; default 1)")] = None,
+    index_cache: Annotated[str | None, typer.Option(
+        help="directory of the built ANN indexes: the first worker builds a version's, the "
+        "others and later restarts map it from there; '' to build in every worker (env "
+        "STREAMREC_INDEX_CACHE; default: index-cache beside a SQLite file store, else "
+        "./var/index-cache)")] = None,
     store: StoreOpt = None,
 ) -> None:
     """HTTP API over the same queries (FastAPI; OpenAPI at /docs), plus /versions, /metrics,
     /healthz and POST /retrain (bearer token from STREAMREC_RETRAIN_TOKEN; one retrain at a
     time across all worker processes, jobs visible from any of them)."""
+    from streamrec.api import default_index_cache
     from streamrec.api import serve as run_server
 
-    settings = _settings(store=store, api_workers=workers)
+    settings = _settings(store=store, api_workers=workers, index_cache=index_cache)
+    cache = settings.index_cache
     try:
         run_server(settings.store, host=host, port=port, retrain_token=settings.retrain_token,
-                   workers=settings.api_workers)
+                   workers=settings.api_workers,
+                   index_cache=default_index_cache(settings.store) if cache is None
+                   else cache or None)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -3,21 +3,27 @@
 One :class:`QueryService` holds the active version's merged snapshot, an ANN index over its
 items and the id maps in memory; :meth:`QueryService.refresh` reloads them (after a new
 version is activated) and :meth:`QueryService.refresh_overlay` applies the overlay rows
-written since, in milliseconds rather than a reload's seconds at catalogue scale. The JSON
-shapes are those of ../shared/DESIGN.md and are shared by the CLI and the HTTP API.
+written since, in milliseconds rather than a reload's seconds at catalogue scale. With an
+:class:`~store.ann_cache.IndexCache`, the processes of a machine share one built HNSW index per
+version instead of each building its own. The JSON shapes are those of ../shared/DESIGN.md
+and are shared by the CLI and the HTTP API.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from models.cold_start import DEFAULT_COLD_WINDOW_S, RecentPopularity
 from store.ann import ItemIndex
-from store.embedding_schema import NoActiveVersionError
+from store.ann_cache import FORMAT, IndexCache
+from store.embedding_schema import NoActiveVersionError, VersionInfo
 from store.embeddings import EmbeddingSnapshot, EmbeddingStore
 from store.graph import GraphStore
 from streamrec.trend_serving import ANN_CANDIDATES, ServedRanker
@@ -64,6 +70,18 @@ class QueryService:
         popular_refresh_s: :meth:`refresh_overlay` recounts the popularity fallback at most
             this often (default 60 s): the count scans every event of the window.
         ann_backend: ``"faiss"`` (default) or ``"numpy"``.
+        ann_options: further :class:`~store.ann.ItemIndex` settings (``exact_threshold``,
+            ``ef_search``, ``hnsw_m``, ``hnsw_space`` ...; default: none, its defaults).
+        index_cache: share the built HNSW index of each version with the other processes
+            that use the same cache (:class:`~store.ann_cache.IndexCache`): :meth:`refresh`
+            reads it back when another built it, and builds and publishes it otherwise
+            (default: None: every refresh builds its own). Flat and numpy indexes, cheap to
+            build, never go through it.
+        index_reuse_share: a shared index is read back while at most this share of the items
+            are new to it or moved since it was built (they are scored exactly, see
+            :meth:`ItemIndex.updated`); past it :meth:`refresh` builds a new one (default:
+            0.025, half of :class:`~streamrec.refresher.Refresher`'s ``max_fresh_share``,
+            which must stay above it or its rebuilds would read the same index back).
     """
 
     def __init__(
@@ -74,12 +92,18 @@ class QueryService:
         popular_window_s: float = DEFAULT_POPULAR_WINDOW_S,
         popular_refresh_s: float = 60.0,
         ann_backend: str = "faiss",
+        ann_options: dict[str, Any] | None = None,
+        index_cache: IndexCache | None = None,
+        index_reuse_share: float = 0.025,
     ) -> None:
         self.graph = graph
         self.embeddings = embeddings
         self.popular_window_s = popular_window_s
         self.popular_refresh_s = popular_refresh_s
         self.ann_backend = ann_backend
+        self.ann_options = dict(ann_options or {})
+        self.index_cache = index_cache
+        self.index_reuse_share = index_reuse_share
         self._served: _Served | None = None
         self._lock = threading.Lock()
 
@@ -90,12 +114,7 @@ class QueryService:
             NoActiveVersionError: no version was activated yet (run ``streamrec retrain``).
         """
         snapshot = self.embeddings.load()
-        rows = np.flatnonzero(snapshot.mask("item"))
-        users = np.flatnonzero(snapshot.mask("user"))
-        probes = users[np.random.default_rng(0).choice(len(users), min(len(users), PROBES),
-                                                       replace=False)]
-        index = ItemIndex(snapshot.items[rows], backend=self.ann_backend,
-                          probe_queries=snapshot.users[np.sort(probes)] if len(probes) else None)
+        snapshot, index, rows = self._index(snapshot)
         user_ids, item_ids = self.graph.node_ids("user"), self.graph.node_ids("item")
         popular, counts = self._recent_popularity(len(item_ids))
         row_of_item = np.full(max(len(item_ids), len(snapshot.items)), -1, np.int64)
@@ -108,6 +127,47 @@ class QueryService:
         )
         with self._lock:
             self._served = served
+
+    def _index(self, snapshot: EmbeddingSnapshot
+               ) -> tuple[EmbeddingSnapshot, ItemIndex, np.ndarray]:
+        """The item index of ``snapshot`` and the item of each of its rows: built here, or
+        read from :attr:`index_cache`, in which case the snapshot may be reloaded once (when
+        the shared index was built from a newer one) and is returned with it."""
+        for attempt in range(2):
+            rows = np.flatnonzero(snapshot.mask("item"))
+            items = snapshot.items[rows]
+
+            def build(snap: EmbeddingSnapshot = snapshot, items: np.ndarray = items
+                      ) -> ItemIndex:
+                users = np.flatnonzero(snap.mask("user"))
+                probes = users[np.random.default_rng(0).choice(
+                    len(users), min(len(users), PROBES), replace=False)]
+                return ItemIndex(items, backend=self.ann_backend, **self.ann_options,
+                                 probe_queries=snap.users[np.sort(probes)] if len(probes)
+                                 else None)
+
+            threshold = self.ann_options.get("exact_threshold", 50_000)
+            if self.index_cache is None or self.ann_backend != "faiss" or len(rows) < threshold:
+                return snapshot, build(), rows
+            got = self.index_cache.get_or_build(
+                self._cache_key(snapshot.version), items, rows, build,
+                max_fresh_share=self.index_reuse_share, build_if_ahead=attempt > 0,
+                **self.ann_options)
+            if got is not None:
+                index, labels = got
+                return snapshot, index, labels
+            snapshot = self.embeddings.load()  # older than the shared index's: catch up
+        raise AssertionError("unreachable: the second attempt builds")
+
+    def _cache_key(self, version: VersionInfo) -> str:
+        """The shared index's key: the version (its id, name and creation time, so that
+        another store's version with the same id does not match) and the settings that
+        shape the graph."""
+        shape = {k: self.ann_options.get(k) for k in ("hnsw_m", "hnsw_space")}
+        digest = hashlib.sha256(json.dumps(
+            [FORMAT, version.id, version.name, version.created_at, version.model, version.dim,
+             shape], sort_keys=True).encode()).hexdigest()[:16]
+        return f"{version.name}-{digest}"
 
     def _ranker(self, snapshot: EmbeddingSnapshot) -> ServedRanker | None:
         """The version's trend ranker: the served one brought up to date when the version is

@@ -35,8 +35,15 @@ class Settings(BaseSettings):
         None, description="bearer token that authorises POST /retrain of the HTTP API"
     )
     api_workers: int = Field(
-        1, ge=1, description="server processes of `serve` (each loads the active version and "
-        "its ANN index; retrain jobs are shared through the store)",
+        1, ge=1, description="server processes of `serve` (each loads the active version; "
+        "they share its ANN index through `index_cache`; retrain jobs are shared through "
+        "the store)",
+    )
+    index_cache: str | None = Field(
+        None, description="directory where `serve` keeps each version's built HNSW index, "
+        "so that its worker processes (and restarts) read one build back instead of each "
+        "building its own (None: `index-cache` beside a SQLite file store, else "
+        "./var/index-cache; empty: no cache, every worker builds)",
     )
     drift_retrain: bool = Field(
         False, description="ingest watches hit-rate drift and requests early retrains"
