@@ -218,3 +218,27 @@ def test_a_base_without_warm_validation_users_is_fitted_without_early_stopping()
     ranker = make_model("trend", base="lightgcn", base_kwargs=kwargs, seed=1).fit(g)
     assert ranker.early_base_.history_.valid == [] and ranker.base_epochs_ == 2
     assert torch.isfinite(ranker.score(torch.arange(3))).all()
+
+
+def test_tuning_lets_a_strong_embedding_term_decide_the_ranking() -> None:
+    # 40 items; each user's one validation item is the base's best unseen item, while the
+    # trend favours other items with a spread the small embedding weights cannot overcome
+    from models.trend.tuning import ValidationStep, ValidationTask, tune
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 30, 40
+    history = InteractionGraph.from_arrays(np.arange(n_users), np.zeros(n_users, int),
+                                           num_items=n_items)
+    targets = rng.integers(1, n_items, n_users)
+    valid = InteractionGraph.from_arrays(np.arange(n_users), targets, np.ones(n_users),
+                                         num_items=n_items)
+    task = ValidationTask(history, valid, k=5)
+    z = rng.normal(size=(n_users, n_items))
+    z[np.arange(n_users), targets] = 3.0
+    trend = np.linspace(6.0, -2.0, n_items)
+    step = ValidationStep(task, {DAY: trend, 30 * DAY: trend, math.inf: trend},
+                          np.zeros((n_users, n_items)), z[task.users])
+    params, report = tune([step], short_half_lives=[DAY], long_half_lives=[30 * DAY],
+                          long_weights=[0.0])
+    assert params.embedding_weight >= 3.2
+    assert report["valid_recall_embedding"] == 1.0 > report["valid_recall_trend"]
