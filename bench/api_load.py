@@ -178,7 +178,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vectors", default="lightgcn,gaussian",
                     help="comma-separated active versions to serve: 'lightgcn' (trained on the "
-                         "synthetic stream, as deployed) and/or 'gaussian' (random vectors, "
+                         "synthetic stream), 'trend' (the served ranker over it, as deployed) "
+                         "and/or 'gaussian' (random vectors, "
                          "the ANN worst case)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs per concurrency level, each on new connections (the kernel "
