@@ -81,7 +81,8 @@ def fit_protocol(spec: ModelSpec, split: TemporalSplit, fit_on: FitOn, *, seed: 
 
     ``fit_on="train"`` keeps the model fitted on train (early stopping on validation).
     """
-    from streamrec.retrain import FitOutcome, fit_validated, has_scorable_user
+    from models.training import has_scorable_user
+    from streamrec.retrain import FitOutcome, fit_validated
 
     if fit_on not in ("train", "train+valid"):
         raise ValueError(f"fit_on must be 'train' or 'train+valid', got {fit_on!r}")

@@ -133,6 +133,22 @@ class EarlyStopping:
             history.best_epoch = len(history.loss)  # type: ignore[attr-defined]
 
 
+def has_scorable_user(train: InteractionGraph, valid: InteractionGraph) -> bool:
+    """Whether some user of ``train`` has an item in ``valid`` they did not have in ``train``:
+    what :func:`recall_at_k` (and so early stopping on validation) needs to score anyone.
+
+    >>> g = InteractionGraph.from_arrays([0], [0], num_items=2)
+    >>> has_scorable_user(g, InteractionGraph.from_arrays([0], [0], num_items=2))
+    False
+    >>> has_scorable_user(g, InteractionGraph.from_arrays([0], [1], num_items=2))
+    True
+    """
+    n = max(train.num_items, valid.num_items, 1)
+    warm = np.isin(valid.user, train.user)
+    pairs = valid.user[warm] * n + valid.item[warm]
+    return bool(len(pairs)) and not np.isin(pairs, train.user * n + train.item).all()
+
+
 @torch.no_grad()
 def recall_at_k(
     user_emb: torch.Tensor,

@@ -18,6 +18,7 @@ import numpy as np
 from models import make_model, model_arguments
 from models.base import InteractionGraph, Recommender
 from models.neighbour_buffer import NeighbourBuffer
+from models.training import has_scorable_user
 from models.trend import TrendRanker
 from models.trend.ranker import DEFAULT_BASE, BaseFit
 from store.embeddings import EmbeddingStore, VersionInfo
@@ -100,14 +101,6 @@ def split_for_validation(
         log.info("the validation window has no warm user with a new item; no validation")
         return graph, None
     return train, valid
-
-
-def has_scorable_user(train: InteractionGraph, valid: InteractionGraph) -> bool:
-    """Whether some user of ``train`` has an item in ``valid`` they did not have in ``train``."""
-    warm = np.isin(valid.user, train.user)
-    seen = set(zip(train.user.tolist(), train.item.tolist(), strict=True))
-    pairs = zip(valid.user[warm].tolist(), valid.item[warm].tolist(), strict=True)
-    return any(pair not in seen for pair in pairs)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from models.base import InteractionGraph, Recommender
+from models.training import has_scorable_user
 from models.trend.scoring import DAY, TrendParams, covis_scores, standardised, trend_scores
 from models.trend.state import TrendState
 from models.trend.tuning import (
@@ -174,7 +175,7 @@ class TrendRanker(Recommender):
         half_lives = self._half_lives()
         template = self._base_template()
         # a base stops early only on users it knows who met new items in ``valid``
-        base_valid = valid if valid is not None and _has_warm_new_pair(train, valid) else None
+        base_valid = valid if valid is not None and has_scorable_user(train, valid) else None
         early = self.fit_base(copy.deepcopy(template), train, base_valid) \
             if template is not None else None
         steps = []
@@ -305,15 +306,6 @@ def _dots(model: Recommender):
         return (rows @ items_emb.T).astype(np.float64)
 
     return dots
-
-
-def _has_warm_new_pair(train: InteractionGraph, valid: InteractionGraph) -> bool:
-    """Whether a user of ``train`` has an item in ``valid`` that they lack in ``train``
-    (what early stopping on validation recall needs)."""
-    n = max(train.num_items, valid.num_items, 1)
-    warm = np.isin(valid.user, train.user)
-    pairs = valid.user[warm] * n + valid.item[warm]
-    return bool(len(pairs)) and not np.isin(pairs, train.user * n + train.item).all()
 
 
 def _fit(model: Recommender, graph: InteractionGraph, valid: InteractionGraph | None
