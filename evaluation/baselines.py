@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from models.base import InteractionGraph, Recommender
+from models.cold_start import RecentPopularity
 
 if TYPE_CHECKING:  # protocol imports this module's neighbours; only the type is needed here
     from evaluation.protocol import EvaluationTask
@@ -72,11 +73,13 @@ class TrendingPopularity(Recommender):
         all_time = np.bincount(graph.item, minlength=n).astype(np.float64)
         if self.kind == "all" or not graph.num_edges:
             counts = all_time
+        elif self.kind == "recent":  # the window rule of the service's cold-start fallback
+            window = RecentPopularity(self.days * DAY).counts(graph.item, graph.ts, n)
+            counts = window.astype(np.float64) + TIE_BREAK * all_time
         else:
             age = float(graph.ts.max()) - graph.ts
-            w = ((age < self.days * DAY).astype(np.float64) if self.kind == "recent"
-                 else np.exp2(-age / (self.days * DAY)))
-            counts = np.bincount(graph.item, weights=w, minlength=n) + TIE_BREAK * all_time
+            counts = (np.bincount(graph.item, weights=np.exp2(-age / (self.days * DAY)),
+                                  minlength=n) + TIE_BREAK * all_time)
         rank = np.empty(n, np.int64)
         rank[np.lexsort((np.arange(n), -counts))] = np.arange(n)
         self._rank_scores = torch.from_numpy((n - rank).astype(np.float32))
