@@ -10,9 +10,10 @@ per-row objects (a snapshot through SQLAlchemy rows ran at 57k rows/s).
   open gave sqlite3 "disk I/O error". The text route (``group_concat`` of
   ``printf('%!.17g')``, parsed by numpy) is exact but was no faster (0.43M rows/s).
 * PostgreSQL: the server packs each row into 32 bytes (``int8send || int4send || ...``,
-  big-endian) and ``string_agg`` concatenates them in the query's order into one ``bytea``
-  per page of :data:`PG_PAGE_ROWS` rows; numpy reads the bytes with a structured dtype. It
-  runs on the caller's connection, inside its transaction. (psycopg's binary ``COPY`` hands
+  big-endian) and ``string_agg`` concatenates them into one ``bytea`` per page of
+  :data:`PG_PAGE_ROWS` ids, in table order; numpy reads the bytes with a structured dtype
+  and sorts the rows into the order asked for. It runs on the caller's connection, inside
+  its transaction. (psycopg's binary ``COPY`` hands
   back one Python ``bytes`` per row, which capped it at about 250k rows/s.)
 * Anything else (another dialect or driver): SQLAlchemy rows, one column at a time.
 
@@ -25,14 +26,14 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from sqlalchemy import Connection, and_, literal_column, or_, select, true
+from sqlalchemy import Connection, and_, func, literal_column, select
 from sqlalchemy.sql import ColumnElement
 
 from store import schema
 
 COLUMNS = ("id", "user_idx", "item_idx", "ts", "weight")
 Order = Literal["time", "id"]
-# a page's bytea is PG_PAGE_ROWS * 32 bytes (256 MiB), well below PostgreSQL's 1 GiB limit
+# a page's bytea is at most PG_PAGE_ROWS * 32 bytes (256 MiB), below PostgreSQL's 1 GiB limit
 PG_PAGE_ROWS = 8_000_000
 _PG_ROW = np.dtype(
     [("id", ">i8"), ("user_idx", ">i4"), ("item_idx", ">i4"), ("ts", ">f8"), ("weight", ">f8")]
@@ -105,50 +106,38 @@ def _read_postgres(
     conn: Connection, cond: ColumnElement[bool] | None, order: Order, ids: bool
 ) -> dict[str, np.ndarray]:
     t = schema.interactions
-    keys = "ts, id" if order == "time" else "id"
     packed = literal_column(
         "int8send(id) || int4send(user_idx) || int4send(item_idx) || float8send(ts)"
         " || float8send(weight)"
     )
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    first, top = conn.execute(select(func.min(t.c.id), func.max(t.c.id))).one()
     pages: list[np.ndarray] = []
-    after: tuple[float, int] | None = None
-    while True:
-        page_cond = cond if cond is not None else true()
-        if after is not None:  # keyset: the rows after the last one read, in the order
-            last_ts, last_id = after
-            page_cond = and_(
-                page_cond,
-                t.c.id > last_id
-                if order == "id"
-                else or_(t.c.ts > last_ts, and_(t.c.ts == last_ts, t.c.id > last_id)),
-            )
-        inner = (
-            select(t.c.id, t.c.user_idx, t.c.item_idx, t.c.ts, t.c.weight)
-            .where(page_cond)
-            .order_by(*((t.c.ts, t.c.id) if order == "time" else (t.c.id,)))
-            .limit(PG_PAGE_ROWS)
-            .subquery("page")
-        )
-        # the ORDER BY inside the aggregate is what guarantees the concatenation's order
-        stmt = select(
-            literal_column(f"string_agg({packed}, ''::bytea ORDER BY {keys})"),
-            literal_column("count(*)"),
-        ).select_from(inner)
+    # Pages are id ranges read in table order and sorted here: asking the server for the
+    # order (ORDER BY in the page and in string_agg) ran at 0.5M rows/s on 1M rows, this
+    # at 1.6-1.9M (numpy's lexsort of 1M rows takes ~0.1 s).
+    low = None if first is None else int(first) - 1
+    while low is not None and low < top:
+        page_cond = and_(t.c.id > low, t.c.id <= low + PG_PAGE_ROWS)
+        if cond is not None:
+            page_cond = and_(cond, page_cond)
+        stmt = select(literal_column(f"string_agg({packed}, ''::bytea)"),
+                      literal_column("count(*)")).where(page_cond)
         compiled = stmt.compile(dialect=conn.dialect)
         cursor.execute(str(compiled), compiled.params, binary=True)
         blob, count = cursor.fetchone()
-        if not count:
-            break
-        page = np.frombuffer(blob, _PG_ROW, count)
-        pages.append(page)
-        if count < PG_PAGE_ROWS:
-            break
-        after = (float(page["ts"][-1]), int(page["id"][-1]))
+        if count:
+            pages.append(np.frombuffer(blob, _PG_ROW, count))
+        low += PG_PAGE_ROWS
+        if count < PG_PAGE_ROWS:  # a sparse stretch of ids: go on at the next one there is
+            after = conn.execute(select(func.min(t.c.id)).where(t.c.id > low)).scalar()
+            low = None if after is None else int(after) - 1
     cursor.close()
     if not pages:
         return _empty()
     rows = pages[0] if len(pages) == 1 else np.concatenate(pages)
+    keys = (rows["id"], rows["ts"]) if order == "time" else (rows["id"],)
+    rows = rows[np.lexsort(keys)]
     return {name: rows[name].astype(_DTYPES[name]) for name in COLUMNS}
 
 
