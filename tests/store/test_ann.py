@@ -1,4 +1,4 @@
-"""ItemIndex: FAISS flat and numpy agree exactly, HNSW recalls, exclusions always hold."""
+"""ItemIndex: FAISS flat and numpy agree exactly, HNSW and IVF recall, exclusions always hold."""
 
 from __future__ import annotations
 
@@ -22,26 +22,28 @@ def _indexes(items: np.ndarray) -> dict[str, ItemIndex]:
         "numpy": ItemIndex(items, backend="numpy"),
         "flat": ItemIndex(items),
         "hnsw": ItemIndex(items, exact_threshold=100),
+        "ivf": ItemIndex(items, ivf_threshold=100),
     }
 
 
 @pytest.mark.parametrize("k", [1, 10, 50])
-def test_flat_equals_numpy_and_hnsw_recalls(k: int) -> None:
+def test_flat_equals_numpy_and_hnsw_and_ivf_recall(k: int) -> None:
     items, queries = _data()
     idx = _indexes(items)
-    assert [idx[n].kind for n in ("numpy", "flat", "hnsw")] == ["numpy", "flat", "hnsw"]
+    assert [idx[n].kind for n in idx] == list(idx)
     ref_scores, ref_ids = idx["numpy"].search(queries, k)
     brute = queries @ items.T
     np.testing.assert_array_equal(ref_ids, np.argsort(-brute, axis=1, kind="stable")[:, :k])
     flat_scores, flat_ids = idx["flat"].search(queries, k)
     np.testing.assert_array_equal(flat_ids, ref_ids)
     np.testing.assert_allclose(flat_scores, ref_scores, rtol=1e-5, atol=1e-5)
-    _, hnsw_ids = idx["hnsw"].search(queries, k)
-    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(hnsw_ids, ref_ids, strict=True)])
-    assert recall >= 0.95
+    for name in ("hnsw", "ivf"):
+        _, found = idx[name].search(queries, k)
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, ref_ids, strict=True)])
+        assert recall >= 0.9, name
 
 
-@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw"])
+@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw", "ivf"])
 def test_exclusions_are_never_returned(name: str) -> None:
     items, queries = _data(items=500, queries=12)
     index = _indexes(items)[name]
@@ -61,7 +63,7 @@ def test_exclusions_are_never_returned(name: str) -> None:
         np.testing.assert_array_equal(ids, ref)
 
 
-@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw"])
+@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw", "ivf"])
 def test_short_results_are_padded(name: str) -> None:
     items, queries = _data(items=120, queries=2)
     index = _indexes(items)[name]
@@ -99,7 +101,7 @@ def test_numpy_fallback_without_faiss_and_validation(monkeypatch: pytest.MonkeyP
     assert empty.search(queries, 2)[1].tolist() == [[-1, -1]] * 3
 
 
-@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw"])
+@pytest.mark.parametrize("name", ["numpy", "flat", "hnsw", "ivf"])
 @pytest.mark.parametrize("moved", [5, 300])
 def test_updated_index_answers_like_a_rebuilt_one(name: str, moved: int) -> None:
     items, queries = _data()
@@ -118,7 +120,7 @@ def test_updated_index_answers_like_a_rebuilt_one(name: str, moved: int) -> None
     exclude[0] = ids[:3]  # excluded updated items stay excluded
     got_scores, got_ids = new.search(queries, 10, exclude=exclude)
     ref_scores, ref_ids = ItemIndex(current, backend="numpy").search(queries, 10, exclude=exclude)
-    if name == "hnsw":
+    if name in ("hnsw", "ivf"):
         recall = np.mean([len(set(a) & set(b)) / 10
                           for a, b in zip(got_ids, ref_ids, strict=True)])
         assert recall >= 0.95
@@ -157,6 +159,25 @@ def _popular_norms(items: int = 3000, dim: int = 16, seed: int = 0):  # type: ig
     vectors = directions * np.sqrt(rng.permutation(degree))[:, None]
     users = topics[rng.integers(0, 8, 300)] + 0.5 * rng.standard_normal((300, dim))
     return vectors.astype(np.float32), users.astype(np.float32)
+
+
+def test_ivf_searches_the_fewest_lists_that_reach_the_recall_target() -> None:
+    items, queries = _data(items=3000)
+    index = ItemIndex(items, ivf_threshold=1000, ivf_recall=0.9, probe_queries=queries)
+    assert index.kind == "ivf" and index.space == "l2" and not index.exact
+    assert index._index.nlist == round(np.sqrt(3000))
+    tried = [int(p) for p in index.probe_recalls]
+    assert tried == sorted(tried) and tried[-1] == index.nprobe
+    recalls = list(index.probe_recalls.values())
+    assert all(r < 0.9 for r in recalls[:-1]) and recalls[-1] >= 0.9
+    assert index.build_recall == recalls[-1]
+    # searching every list finds what the exact search finds
+    index._index.nprobe = index._index.nlist
+    _, got = index.search(queries, 10)
+    _, want = ItemIndex(items, backend="numpy").search(queries, 10)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="ivf_recall"):
+        ItemIndex(items, ivf_recall=0.0)
 
 
 def test_hnsw_in_the_l2_space_answers_inner_products() -> None:

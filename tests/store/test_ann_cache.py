@@ -37,12 +37,17 @@ def _answers(index: ItemIndex, labels: np.ndarray, queries: np.ndarray
     return [labels[p[p >= 0]].tolist() for p in pos], scores
 
 
-def test_a_read_back_index_answers_as_the_one_that_built_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_a_read_back_index_answers_as_the_one_that_built_it(tmp_path: Path, kind: str) -> None:
     items, labels, queries = _data()
-    built, built_labels = _get(IndexCache(tmp_path), items, labels)
-    assert built.kind == "hnsw"
+    options = OPTIONS if kind == "hnsw" else {"ivf_threshold": 100}
+    built, built_labels = IndexCache(tmp_path).get_or_build(
+        "v1-test", items, labels, lambda: ItemIndex(items, **options), **options)
+    assert built.kind == kind
     other = IndexCache(tmp_path)  # another process's view of the same directory
-    loaded, loaded_labels = _get(other, items, labels)
+    loaded, loaded_labels = other.get_or_build("v1-test", items, labels, lambda: 1 / 0,
+                                               **options)
+    assert loaded.kind == kind and loaded.nprobe == built.nprobe
     assert (other.builds, other.loads) == (0, 1)
     assert loaded._index is not built._index and loaded.space == built.space
     np.testing.assert_array_equal(loaded_labels, built_labels)
@@ -160,3 +165,19 @@ def test_processes_that_start_together_build_once(tmp_path: Path) -> None:
     results = [json.loads(o.read_text()) for o in outs]
     assert sorted(r["builds"] for r in results) == [0, 0, 1]
     assert results[0]["ids"] == results[1]["ids"] == results[2]["ids"]
+
+
+def test_an_ivf_entry_gives_back_its_vectors_and_takes_moved_rows(tmp_path: Path) -> None:
+    items, labels, queries = _data()
+    options = {"ivf_threshold": 100}
+    IndexCache(tmp_path).get_or_build("v1-test", items, labels,
+                                      lambda: ItemIndex(items, **options), **options)
+    entry = IndexCache(tmp_path).load("v1-test")
+    assert entry is not None and entry.built.kind == "ivf"
+    np.testing.assert_allclose(entry.built.vectors(), items, rtol=1e-6, atol=1e-6)
+    moved = items.copy()
+    moved[3] = 10 * queries[0]  # now the best answer to queries[0]
+    index, _ = IndexCache(tmp_path).get_or_build("v1-test", moved, labels, lambda: 1 / 0,
+                                                 **options)
+    assert index.fresh_share == pytest.approx(1 / len(items))
+    assert index.search(queries[:1], 1)[1][0, 0] == 3
