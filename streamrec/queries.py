@@ -164,7 +164,7 @@ class QueryService:
         another store's version with the same id does not match) and the settings that
         shape the graph."""
         shape = {k: self.ann_options.get(k)
-                 for k in ("hnsw_m", "hnsw_space", "ivf_threshold", "ivf_recall")}
+                 for k in ("hnsw_m", "hnsw_space", "ivf_threshold", "ivf_recall", "ivf_max_scan")}
         digest = hashlib.sha256(json.dumps(
             [FORMAT, version.id, version.name, version.created_at, version.model, version.dim,
              shape], sort_keys=True).encode()).hexdigest()[:16]
