@@ -40,6 +40,11 @@ class BPRRecommender(Recommender):
             probability halving per this age of the edge's latest event, measured from the
             newest training event (recency-weighted training); ``None`` visits every
             distinct edge once per epoch (default: ``None``).
+        max_steps_per_epoch: most Adam steps an epoch takes: the batch grows past
+            ``batch_size`` to ``ceil(edges / max_steps_per_epoch)`` on larger graphs; for
+            models whose step costs the whole graph (LightGCN), this keeps an epoch linear
+            in the graph's size instead of quadratic; ``None``: ``batch_size`` always
+            (default: ``None``).
 
     After :meth:`fit`, ``history_`` holds the :class:`~models.training.TrainHistory`.
 
@@ -51,7 +56,7 @@ class BPRRecommender(Recommender):
     _param_names: tuple[str, ...] = (
         "embedding_dim", "epochs", "batch_size", "lr", "reg_weight", "negative_sampler",
         "patience", "eval_every", "k", "seed", "device", "progress",
-        "recency_half_life_seconds",
+        "recency_half_life_seconds", "max_steps_per_epoch",
     )
 
     def __init__(
@@ -70,6 +75,7 @@ class BPRRecommender(Recommender):
         device: str = "auto",
         progress: bool = True,
         recency_half_life_seconds: float | None = None,
+        max_steps_per_epoch: int | None = None,
     ) -> None:
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
@@ -86,6 +92,7 @@ class BPRRecommender(Recommender):
         self.device = device
         self.progress = progress
         self.recency_half_life_seconds = recency_half_life_seconds
+        self.max_steps_per_epoch = max_steps_per_epoch
         self._config()  # fail fast on bad arguments, before any data is seen
         resolve_device(device)
         self.module_: nn.Module | None = None
@@ -100,6 +107,7 @@ class BPRRecommender(Recommender):
             patience=self.patience, eval_every=self.eval_every, k=self.k, seed=self.seed,
             progress=self.progress, desc=self.name,
             recency_half_life=self.recency_half_life_seconds,
+            max_steps_per_epoch=self.max_steps_per_epoch,
         )
 
     @abstractmethod

@@ -46,11 +46,15 @@ class TrainConfig:
     progress: bool = True
     desc: str = "bpr"
     recency_half_life: float | None = None
+    max_steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_every", "k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got "
+                             f"{self.max_steps_per_epoch}")
         if self.recency_half_life is not None and not self.recency_half_life > 0:
             raise ValueError(f"recency_half_life must be > 0 seconds or None, got "
                              f"{self.recency_half_life}")
@@ -61,6 +65,29 @@ class TrainConfig:
                 f"unknown negative_sampler {self.negative_sampler!r}; "
                 f"choose one of {NEGATIVE_SAMPLERS}"
             )
+
+    def epoch_batch_size(self, num_edges: int) -> int:
+        """Edges per step over ``num_edges`` training edges: ``batch_size``, grown so that
+        an epoch takes at most ``max_steps_per_epoch`` steps.
+
+        >>> TrainConfig(max_steps_per_epoch=100).epoch_batch_size(1_000_000)
+        10000
+        >>> TrainConfig(max_steps_per_epoch=100).epoch_batch_size(10_000)
+        2048
+        """
+        if self.max_steps_per_epoch is None:
+            return self.batch_size
+        return max(self.batch_size, math.ceil(num_edges / self.max_steps_per_epoch))
+
+    def epoch_lr(self, num_edges: int) -> float:
+        """The learning rate of that batch size: ``lr`` scaled by its growth past
+        ``batch_size`` (the linear scaling rule, Goyal et al. 2017), so that an epoch of
+        fewer, larger steps moves the embeddings as far.
+
+        >>> TrainConfig(max_steps_per_epoch=100).epoch_lr(1_024_000)
+        0.005
+        """
+        return self.lr * self.epoch_batch_size(num_edges) / self.batch_size
 
 
 @dataclass
@@ -286,9 +313,10 @@ def train_bpr(
     sampler = make_negative_sampler(
         config.negative_sampler, graph.num_items, item_counts=item_counts(graph), seed=config.seed
     )
-    optimizer = make_adam(module.parameters(), config.lr)
+    optimizer = make_adam(module.parameters(), config.epoch_lr(len(users)))
     stopper, history = EarlyStopping(config.patience), TrainHistory()
-    n, bs = len(users), config.batch_size
+    n = len(users)
+    bs = config.epoch_batch_size(n)
     edge_weights = None
     if config.recency_half_life is not None:
         edge_weights = torch.from_numpy(recency_weights(graph, config.recency_half_life))

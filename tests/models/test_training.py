@@ -65,7 +65,8 @@ def test_early_stopping_restores_the_best_weights() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"), ({"batch_size": 0}, "batch_size"),
-     ({"negative_sampler": "nope"}, "negative_sampler")],
+     ({"negative_sampler": "nope"}, "negative_sampler"),
+     ({"max_steps_per_epoch": 0}, "max_steps_per_epoch")],
 )
 def test_bad_settings_fail_fast(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -82,6 +83,44 @@ def test_early_stopping_stops_training(planted: Planted) -> None:
     assert len(h.valid) == len(h.loss) and h.best_epoch == len(h.loss) - 2
     users, items = model.user_embeddings(), model.item_embeddings()
     assert recall_at_k(users, items, planted.train, planted.valid) == pytest.approx(h.best_metric)
+
+
+@pytest.mark.parametrize("max_steps", [None, 3])
+def test_an_epoch_takes_at_most_max_steps_larger_steps(planted: Planted,
+                                                       max_steps: int | None) -> None:
+    model = MFBPR(embedding_dim=4, epochs=2, batch_size=16, lr=0.01, progress=False,
+                  max_steps_per_epoch=max_steps)
+    batches: list[int] = []
+    lrs: list[float] = []
+    original = model.build_module
+
+    def build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        module = original(*args, **kwargs)
+        inner = module.batch
+
+        def batch(users, items):  # type: ignore[no-untyped-def]
+            batches.append(len(users))
+            return inner(users, items)
+
+        module.batch = batch
+        return module
+
+    model.build_module = build  # type: ignore[method-assign]
+    real_adam = torch.optim.Adam
+
+    def adam(params, lr, **kwargs):  # type: ignore[no-untyped-def]
+        lrs.append(lr)
+        return real_adam(params, lr=lr, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim, "Adam", adam)
+        model.fit(planted.train)
+    edges = len(set(zip(planted.train.user.tolist(), planted.train.item.tolist(),
+                        strict=True)))
+    size = 16 if max_steps is None else -(-edges // max_steps)
+    assert edges > 3 * 16 and sum(batches) == 2 * edges
+    assert max(batches) == size and len(batches) == 2 * -(-edges // size)
+    assert lrs == [pytest.approx(0.01 * size / 16)]  # the linear scaling rule
 
 
 def test_valid_must_share_the_index_space(planted: Planted) -> None:
