@@ -113,15 +113,16 @@ class ItemIndex:
             ``"ip"`` and 0.995 with ``"l2"`` at ef_search 128. Random Gaussian vectors need
             ``"ip"`` (0.86 against 0.41 at 100k items). Both are built (twice the build
             time), the better kept; a tie keeps ``"l2"``.
-        ivf_threshold: at or above this many items, an ``IndexIVFFlat`` instead of HNSW
-            (default: 500_000): ``round(sqrt(I))`` lists trained by k-means on
-            ``64 * lists`` sampled items, in the ``"l2"`` space, searched with the smallest
-            ``nprobe`` of :data:`IVF_NPROBES` whose recall@10 on the probe queries reaches
-            ``ivf_recall`` (:attr:`nprobe`, :attr:`probe_recalls`), at most
-            ``ivf_max_scan`` of the lists. At 1M items of dim 64 on 2 cores HNSW took 111 s
-            a space (M=32), IVF 9.5 s, with 0.92 of the exact top-10 at nprobe 64 (0.4 ms
-            p99 a query) on clustered vectors; random Gaussian ones, which have no
-            clusters, need nprobe 512 for 0.975 (18 ms p50) and reach 0.51 at 64.
+        ivf_threshold: at or above this many items (and ``exact_threshold``), an
+            ``IndexIVFFlat`` instead of HNSW (default: 500_000): ``round(sqrt(I))`` lists
+            trained by k-means on ``64 * lists`` sampled items, in the ``"l2"`` space,
+            searched with the smallest ``nprobe`` of :data:`IVF_NPROBES` whose recall@10
+            on the probe queries reaches ``ivf_recall`` (:attr:`nprobe`,
+            :attr:`probe_recalls`), at most ``ivf_max_scan`` of the lists. At 1M items of
+            dim 64 on 2 cores HNSW took 111 s a space (M=32), IVF 9.5 s, with 0.92 of the
+            exact top-10 at nprobe 64 (0.4 ms p99 a query) on clustered vectors; random
+            Gaussian ones, which have no clusters, need nprobe 512 for 0.975 (18 ms p50)
+            and reach 0.51 at 64.
         ivf_recall: that recall target (default: 0.95).
         ivf_max_scan: most of the lists (so of the catalogue) one query scans, which bounds
             its latency; when the target is not reached within it, the index keeps this
@@ -247,7 +248,7 @@ class ItemIndex:
     def _build(self, faiss: ModuleType, use_gpu: bool | None,
                probe_queries: np.ndarray | None):  # type: ignore[no-untyped-def]
         dim = self.dim
-        if len(self) >= min(self.exact_threshold, self.ivf_threshold):
+        if len(self) >= self.exact_threshold:
             probes = self._probes(probe_queries)
             # no FAISS index yet, so search() is the exact numpy brute force
             _, exact = self.search(probes, PROBE_K)

@@ -40,7 +40,7 @@ def _answers(index: ItemIndex, labels: np.ndarray, queries: np.ndarray
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_a_read_back_index_answers_as_the_one_that_built_it(tmp_path: Path, kind: str) -> None:
     items, labels, queries = _data()
-    options = OPTIONS if kind == "hnsw" else {"ivf_threshold": 100}
+    options = OPTIONS if kind == "hnsw" else {"exact_threshold": 100, "ivf_threshold": 100}
     built, built_labels = IndexCache(tmp_path).get_or_build(
         "v1-test", items, labels, lambda: ItemIndex(items, **options), **options)
     assert built.kind == kind
@@ -169,7 +169,7 @@ def test_processes_that_start_together_build_once(tmp_path: Path) -> None:
 
 def test_an_ivf_entry_gives_back_its_vectors_and_takes_moved_rows(tmp_path: Path) -> None:
     items, labels, queries = _data()
-    options = {"ivf_threshold": 100}
+    options = {"exact_threshold": 100, "ivf_threshold": 100}
     IndexCache(tmp_path).get_or_build("v1-test", items, labels,
                                       lambda: ItemIndex(items, **options), **options)
     entry = IndexCache(tmp_path).load("v1-test")
