@@ -22,7 +22,7 @@ def _indexes(items: np.ndarray) -> dict[str, ItemIndex]:
         "numpy": ItemIndex(items, backend="numpy"),
         "flat": ItemIndex(items),
         "hnsw": ItemIndex(items, exact_threshold=100),
-        "ivf": ItemIndex(items, exact_threshold=100, ivf_threshold=100, ivf_max_scan=1.0),
+        "ivf": ItemIndex(items, exact_threshold=100, ivf_threshold=100, ivf_max_scan=10**9),
     }
 
 
@@ -164,7 +164,7 @@ def _popular_norms(items: int = 3000, dim: int = 16, seed: int = 0):  # type: ig
 def test_ivf_searches_the_fewest_lists_that_reach_the_recall_target() -> None:
     items, queries = _data(items=3000)
     index = ItemIndex(items, exact_threshold=1000, ivf_threshold=1000, ivf_recall=0.9,
-                      ivf_max_scan=1.0, probe_queries=queries)
+                      ivf_max_scan=10**9, probe_queries=queries)
     assert index.kind == "ivf" and index.space == "l2" and not index.exact
     assert index._index.nlist == round(np.sqrt(3000))
     tried = [int(p) for p in index.probe_recalls]
@@ -179,6 +179,8 @@ def test_ivf_searches_the_fewest_lists_that_reach_the_recall_target() -> None:
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="ivf_recall"):
         ItemIndex(items, ivf_recall=0.0)
+    with pytest.raises(ValueError, match="ivf_max_scan"):
+        ItemIndex(items, ivf_max_scan=0)
     # exact_threshold still forces the exact flat index, whatever ivf_threshold says
     assert ItemIndex(items, exact_threshold=10**9, ivf_threshold=1000).kind == "flat"
 
@@ -186,8 +188,9 @@ def test_ivf_searches_the_fewest_lists_that_reach_the_recall_target() -> None:
 def test_ivf_breadth_stops_at_its_scan_bound(caplog: pytest.LogCaptureFixture) -> None:
     items, queries = _data(items=3000)  # Gaussian: no clusters, so the target is out of reach
     index = ItemIndex(items, exact_threshold=1000, ivf_threshold=1000, ivf_recall=1.0,
-                      ivf_max_scan=0.2, probe_queries=queries)
-    assert index.nprobe == 11 == max(int(p) for p in index.probe_recalls)  # ceil(0.2 * 55)
+                      ivf_max_scan=600, probe_queries=queries)
+    # 55 lists of 3000 / 55 vectors on average: 600 vectors is ceil(11.0) lists
+    assert index.nprobe == 11 == max(int(p) for p in index.probe_recalls)
     assert index.build_recall < 1.0 and "short of ivf_recall" in caplog.text
 
 
