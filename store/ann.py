@@ -487,11 +487,11 @@ class ItemIndex:
 
     def _faiss_search(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._faiss is not None and self._index is not None
-        if self.kind in ("hnsw", "ivf") and self.space == "l2":
+        if not self.exact and self.space == "l2":
             # the augmented query is (q, 0); scores are recomputed as inner products so that
             # callers see the same numbers as with the other index kinds
             augmented = np.hstack([q, np.zeros((len(q), 1), np.float32)])
-            _, ids = self._index.search(augmented, fetch, **self._params(fetch))
+            _, ids = self._index.search(augmented, fetch, params=self._params(fetch))
             ids = np.asarray(ids, np.int64)
             scores = np.einsum("bkd,bd->bk", self.items[np.maximum(ids, 0)], q)
             scores[ids < 0] = -np.inf
@@ -499,21 +499,21 @@ class ItemIndex:
             return (np.take_along_axis(scores, order, -1).astype(np.float32),
                     np.take_along_axis(ids, order, -1))
         if self.kind == "hnsw":
-            scores, ids = self._index.search(q, fetch, **self._params(fetch))
+            scores, ids = self._index.search(q, fetch, params=self._params(fetch))
         else:
             scores, ids = self._index.search(q, fetch)
         return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
 
-    def _params(self, fetch: int) -> dict[str, Any]:
+    def _params(self, fetch: int) -> Any:
         if self.kind != "hnsw":
-            return {}  # IVF: the index's own nprobe
+            return None  # IVF: the index's own nprobe
         ef = max(self.ef_search, fetch)
         params = self._hnsw_params.get(ef)
         if params is None:  # one per breadth: building it was ~1.5% of a request
             params = self._faiss.SearchParametersHNSW()  # type: ignore[union-attr]
             params.efSearch = ef
             self._hnsw_params[ef] = params
-        return {"params": params}
+        return params
 
     def _numpy_search(
         self, q: np.ndarray, k: int, excluded: list, scores: np.ndarray, ids: np.ndarray

@@ -128,13 +128,20 @@ def fit_model(plan: RetrainPlan, graph: InteractionGraph) -> FitOutcome:
     train, valid = split_for_validation(graph, plan.valid_fraction)
     fit = ProcessesFit(plan.processes)
     if valid is None:
-        model = make_model(plan.model, **kwargs)
-        if isinstance(model, TrendRanker):
-            model.fit_base = fit
-        return FitOutcome(fit(model, graph, None), {})
+        return FitOutcome(fit(_made(partial(make_model, plan.model), kwargs, fit), graph, None),
+                          {})
     return fit_validated(partial(make_model, plan.model), kwargs, graph, train, valid,
                          seed=plan.seed, progress=plan.progress,
                          train_updater=plan.train_updater, fit=fit)
+
+
+def _made(make: Callable[..., Recommender], kwargs: dict[str, object], fit: BaseFit
+          ) -> Recommender:
+    """``make(**kwargs)``; a trend ranker fits its base with ``fit`` too."""
+    model = make(**kwargs)
+    if isinstance(model, TrendRanker):
+        model.fit_base = fit
+    return model
 
 
 def fit_validated(
@@ -158,9 +165,8 @@ def fit_validated(
     each model (:class:`~streamrec.parallel_fit.ProcessesFit`: in this process, or in
     several)."""
     metrics: dict[str, float] = {}
-    model = make(**kwargs)
+    model = _made(make, kwargs, fit)
     if isinstance(model, TrendRanker):
-        model.fit_base = fit
         return _fit_ranker(model, graph, train, valid, seed=seed, progress=progress,
                            train_updater=train_updater, refit=refit)
     fit(model, train, valid)
