@@ -41,6 +41,7 @@ from sqlalchemy import create_engine, text
 
 from models import LightGCN
 from models.graph_ops import unique_edges
+from store.ann import search_on_calling_threads
 from store.ann_cache import IndexCache
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
@@ -196,6 +197,7 @@ def run_serving(items: int, rows: list[tuple[str, ...]], *, users: int = 20_000,
     """Serve start-up (index built vs read back) and in-process ``recommend`` p50/p99 at
     ``items`` items, on a fresh SQLite store with ``users`` users."""
     first = len(rows)
+    search_on_calling_threads()  # as every API worker does (streamrec.api.create_app)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         graph = query_latency.build(Path(tmp) / "serve.db", users, items, events_per_user, seed)

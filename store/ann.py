@@ -40,6 +40,10 @@ PROBE_K = 10
 IVF_NPROBES = (8, 16, 32, 64, 128, 256, 512)
 #: Training vectors per IVF list (FAISS warns below 39).
 IVF_TRAIN_PER_LIST = 64
+#: IVF candidates re-ranked by exact distance per result asked (``IndexRefineFlat.k_factor``):
+#: the 4-bit codes only shortlist. At 1M Gaussian items (nprobe 200) 10 and 30 found the
+#: same share of the exact top-10 (0.79).
+IVF_REFINE_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ class BuiltIndex:
 
     Args:
         index: the ``faiss.IndexHNSWFlat`` over ``[I, dim]`` (``space="ip"``) or over the
-            augmented ``[I, dim + 1]`` (``space="l2"``), or the ``faiss.IndexIVFFlat`` over
-            the augmented vectors (with its direct map), ids ``0..I-1``.
+            augmented ``[I, dim + 1]`` (``space="l2"``), or the ``faiss.IndexRefineFlat``
+            over an ``IndexIVFPQFastScan`` of the augmented vectors, ids ``0..I-1``.
         space: ``"ip"`` or ``"l2"`` (see :class:`ItemIndex`; always ``"l2"`` for IVF).
         build_recall: recall@10 of the kept space (HNSW) or breadth (IVF) on the probe
             queries.
@@ -67,7 +71,7 @@ class BuiltIndex:
         """``"ivf"`` or ``"hnsw"``."""
         import faiss
 
-        return "ivf" if isinstance(self.index, faiss.IndexIVF) else "hnsw"
+        return "ivf" if isinstance(self.index, faiss.IndexRefine) else "hnsw"
 
     def vectors(self) -> np.ndarray:
         """The item vectors the index was built over, ``[I, dim]`` float32. HNSW: a view of
@@ -76,7 +80,7 @@ class BuiltIndex:
         it); IVF: a copy."""
         import faiss
 
-        if self.kind == "ivf":  # the lists hold the vectors by cluster: a copy, in id order
+        if self.kind == "ivf":  # the refine stage's flat copy, in id order
             n = self.index.ntotal
             matrix = self.index.reconstruct_n(0, n) if n else np.empty((0, self.index.d))
             return np.asarray(matrix, np.float32)[:, : self.index.d - 1]
@@ -85,6 +89,17 @@ class BuiltIndex:
         flat = faiss.rev_swig_ptr(storage.get_xb(), n * d) if n else np.empty(0, np.float32)
         matrix = np.asarray(flat).reshape(n, d)
         return matrix[:, : d - 1] if self.space == "l2" else matrix
+
+
+def search_on_calling_threads() -> None:
+    """Have FAISS answer each search on the thread that calls it (one OpenMP thread), as a
+    serving process should: it answers concurrent requests on several threads and worker
+    processes, which FAISS's own threads only contend with. One query on the IVF index over
+    1M items took 2.95 ms p50 with 2 OpenMP threads and 1.66 ms with one; over HTTP (2
+    workers, 8 clients) the OpenMP threads made p99 116 ms. A no-op without faiss."""
+    faiss = _import_faiss()
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
 
 
 def _import_faiss() -> ModuleType | None:
@@ -113,21 +128,23 @@ class ItemIndex:
             ``"ip"`` and 0.995 with ``"l2"`` at ef_search 128. Random Gaussian vectors need
             ``"ip"`` (0.86 against 0.41 at 100k items). Both are built (twice the build
             time), the better kept; a tie keeps ``"l2"``.
-        ivf_threshold: at or above this many items (and ``exact_threshold``), an
-            ``IndexIVFFlat`` instead of HNSW (default: 500_000): ``round(sqrt(I))`` lists
-            trained by k-means on ``64 * lists`` sampled items, in the ``"l2"`` space,
-            searched with the smallest ``nprobe`` of :data:`IVF_NPROBES` whose recall@10
-            on the probe queries reaches ``ivf_recall`` (:attr:`nprobe`,
-            :attr:`probe_recalls`), scanning at most ``ivf_max_scan`` vectors. At 1M items of
-            dim 64 on 2 cores HNSW took 111 s a space (M=32), IVF 9.5 s, with 0.92 of the
-            exact top-10 at nprobe 64 (0.4 ms p99 a query) on clustered vectors; random
-            Gaussian ones, which have no clusters, need nprobe 512 for 0.975 (18 ms p50)
-            and reach 0.51 at 64.
+        ivf_threshold: at or above this many items (and ``exact_threshold``), an IVF
+            index instead of HNSW (default: 500_000): ``round(sqrt(I))`` lists trained by
+            k-means on ``64 * lists`` sampled items, in the ``"l2"`` space, each list
+            holding 4-bit fast-scan codes of one sub-quantizer per dimension
+            (``IVF{lists},PQ{dim+1}x4fs,RFlat``), the :data:`IVF_REFINE_FACTOR` times ``k``
+            best codes re-ranked by their exact vectors; searched with the smallest
+            ``nprobe`` of :data:`IVF_NPROBES` whose recall@10 on the probe queries reaches
+            ``ivf_recall`` (:attr:`nprobe`, :attr:`probe_recalls`), scanning at most
+            ``ivf_max_scan`` vectors. At 1M items of dim 64 on 2 cores HNSW took 111 s a
+            space (M=32), IVF 9.5 s. The codes are why: on random Gaussian vectors (which
+            have no clusters to probe, the worst case) a query scanning 200k codes took
+            1.5 ms p50 and found 0.79 of the exact top-10, where one scanning 50k float
+            vectors (``IndexIVFFlat``) took as long and found 0.43.
         ivf_recall: that recall target (default: 0.95).
-        ivf_max_scan: most item vectors one query scans (``nprobe * I / lists``), which
-            bounds its latency by memory bandwidth: 100k vectors of dim 64 took 4 ms a
-            query on this machine; when the target is not reached within it, the index
-            keeps that breadth and logs its recall (default: 50_000).
+        ivf_max_scan: most item codes one query scans (``nprobe * I / lists``), which
+            bounds its latency; when the target is not reached within it, the index keeps
+            that breadth and logs its recall (default: 200_000).
         probe_queries: ``[P, dim]`` queries like those the index will serve (a sample of
             user vectors) for that check (default: up to 256 of the items themselves).
         hnsw_space: ``"l2"`` or ``"ip"`` to build only that space (its probe recall is
@@ -223,7 +240,7 @@ class ItemIndex:
             raise ValueError(f"built.space must be 'l2' or 'ip', got {built.space!r}")
         index = built.index
         want_d = self.dim + (built.space == "l2")
-        ivf = isinstance(index, self._faiss.IndexIVF)
+        ivf = isinstance(index, self._faiss.IndexRefine)
         if not (ivf or isinstance(index, self._faiss.IndexHNSW)) or (
                 index.ntotal != len(self)) or index.d != want_d or (ivf and built.space != "l2"):
             raise ValueError(f"built index must be an HNSW or IVF index over {len(self)} "
@@ -231,7 +248,7 @@ class ItemIndex:
                              f"{index.ntotal} of dim {index.d}")
         self.kind, self.space, self._index = built.kind, built.space, index
         if ivf:
-            self.nprobe = int(index.nprobe)
+            self.nprobe = int(self._faiss.extract_index_ivf(index).nprobe)
         else:
             self.hnsw_m = int(index.hnsw.nb_neighbors(1))
         self.build_recall, self.probe_recalls = built.build_recall, dict(built.probe_recalls)
@@ -306,15 +323,17 @@ class ItemIndex:
         lists = max(1, round(np.sqrt(len(self))))
         sample = np.random.default_rng(0).choice(
             len(self), min(len(self), IVF_TRAIN_PER_LIST * lists), replace=False)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim + 1), self.dim + 1, lists)
-        index.cp.seed = 0
+        d = self.dim + 1
+        index = faiss.index_factory(d, f"IVF{lists},PQ{d}x4fs,RFlat")
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = 0
         index.train(vectors[np.sort(sample)])
         index.add(vectors)
-        index.make_direct_map()  # BuiltIndex.vectors() reads the items back by id
+        index.k_factor = IVF_REFINE_FACTOR  # written with the index: every reader uses it
         self._index = index
         widest = min(lists, max(1, math.ceil(self.ivf_max_scan * lists / len(self))))
         for nprobe in [p for p in IVF_NPROBES if p < widest] + [widest]:
-            index.nprobe = self.nprobe = nprobe
+            ivf.nprobe = self.nprobe = nprobe
             self.probe_recalls[str(nprobe)] = self.build_recall = recall()
             if self.build_recall >= self.ivf_recall:
                 break
@@ -380,7 +399,8 @@ class ItemIndex:
             extra = (f", space={self.space!r}, ef_search={self.ef_search}, "
                      f"build_recall={self.build_recall:.3f}")
         elif self.kind == "ivf":
-            extra = (f", lists={self._index.nlist}, nprobe={self.nprobe}, "
+            lists = self._faiss.extract_index_ivf(self._index).nlist  # type: ignore[union-attr]
+            extra = (f", lists={lists}, nprobe={self.nprobe}, "
                      f"build_recall={self.build_recall:.3f}")
         if len(self._fresh):
             extra += f", updated={len(self._fresh)}"

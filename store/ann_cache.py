@@ -38,8 +38,9 @@ from store.ann import BuiltIndex, ItemIndex
 
 log = logging.getLogger(__name__)
 
-#: Version of the file layout; an entry of another format is rebuilt.
-FORMAT = 1
+#: Version of the file layout; an entry of another format is rebuilt (2: IVF entries hold
+#: fast-scan codes with an exact re-rank, no longer ``IndexIVFFlat``).
+FORMAT = 2
 
 
 @dataclass(frozen=True)

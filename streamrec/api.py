@@ -23,6 +23,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import make_url
 
+from store.ann import search_on_calling_threads
 from store.ann_cache import IndexCache
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
@@ -96,6 +97,7 @@ def create_app(
             cache (see :class:`~streamrec.queries.QueryService`; default: None, build own).
     """
     metrics = metrics if metrics is not None else Metrics()
+    search_on_calling_threads()
     retrain_token, token_problem = _usable_token(retrain_token)
     if token_problem:
         log.warning("POST /retrain is off: %s", token_problem)

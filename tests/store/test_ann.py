@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import store.ann as ann
-from store.ann import ItemIndex
+from store.ann import IVF_REFINE_FACTOR, ItemIndex
 
 
 def _data(items: int = 2000, queries: int = 40, dim: int = 16, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -162,18 +162,20 @@ def _popular_norms(items: int = 3000, dim: int = 16, seed: int = 0):  # type: ig
 
 
 def test_ivf_searches_the_fewest_lists_that_reach_the_recall_target() -> None:
+    faiss = pytest.importorskip("faiss")
     items, queries = _data(items=3000)
     index = ItemIndex(items, exact_threshold=1000, ivf_threshold=1000, ivf_recall=0.9,
                       ivf_max_scan=10**9, probe_queries=queries)
     assert index.kind == "ivf" and index.space == "l2" and not index.exact
-    assert index._index.nlist == round(np.sqrt(3000))
+    ivf = faiss.extract_index_ivf(index._index)
+    assert ivf.nlist == round(np.sqrt(3000)) and index._index.k_factor == IVF_REFINE_FACTOR
     tried = [int(p) for p in index.probe_recalls]
     assert tried == sorted(tried) and tried[-1] == index.nprobe
     recalls = list(index.probe_recalls.values())
     assert all(r < 0.9 for r in recalls[:-1]) and recalls[-1] >= 0.9
     assert index.build_recall == recalls[-1]
-    # searching every list finds what the exact search finds
-    index._index.nprobe = index._index.nlist
+    # searching every list and re-ranking every code exactly finds what the exact search finds
+    ivf.nprobe, index._index.k_factor = ivf.nlist, 300
     _, got = index.search(queries, 10)
     _, want = ItemIndex(items, backend="numpy").search(queries, 10)
     np.testing.assert_array_equal(got, want)
@@ -275,3 +277,13 @@ def test_max_fetch_defaults_to_the_gpu_limit_only_on_a_gpu() -> None:
     assert ann.GPU_MAX_K == 2048
     with pytest.raises(ValueError, match="max_fetch"):
         ItemIndex(items, max_fetch=1)
+
+
+def test_search_on_calling_threads_leaves_faiss_one_openmp_thread() -> None:
+    faiss = pytest.importorskip("faiss")
+    before = faiss.omp_get_max_threads()
+    try:
+        ann.search_on_calling_threads()
+        assert faiss.omp_get_max_threads() == 1
+    finally:
+        faiss.omp_set_num_threads(before)
