@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store.ann import ItemIndex
+from store.ann import IVF_REFINE_FACTOR, ItemIndex
 from store.ann_cache import IndexCache
 
 DIM = 8
@@ -48,6 +48,8 @@ def test_a_read_back_index_answers_as_the_one_that_built_it(tmp_path: Path, kind
     loaded, loaded_labels = other.get_or_build("v1-test", items, labels, lambda: 1 / 0,
                                                **options)
     assert loaded.kind == kind and loaded.nprobe == built.nprobe
+    if kind == "ivf":  # the exact re-rank of the shortlisted codes travels with the file
+        assert loaded._index.k_factor == built._index.k_factor == IVF_REFINE_FACTOR
     assert (other.builds, other.loads) == (0, 1)
     assert loaded._index is not built._index and loaded.space == built.space
     np.testing.assert_array_equal(loaded_labels, built_labels)
