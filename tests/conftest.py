@@ -90,3 +90,18 @@ def broker() -> Iterator[LocalBroker]:
 @pytest.fixture
 def topic_name() -> str:
     return f"events-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True)
+def _faiss_threads() -> Iterator[None]:
+    """Give FAISS its thread count back after a test: an API app sets it to one for the
+    whole process (store.ann.search_on_calling_threads), which would leave every later test's
+    index builds single-threaded."""
+    try:
+        import faiss
+    except ImportError:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    yield
+    faiss.omp_set_num_threads(before)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import models.trend.tuning as tuning
 from models import make_model
 from models.base import InteractionGraph
 from models.trend import TrendParams, TrendRanker, TrendState, covis_scores, trend_scores
@@ -155,6 +156,19 @@ def test_the_validation_walk_ranks_each_step_with_every_earlier_event() -> None:
         np.testing.assert_allclose(step.log_counts[math.inf], expected)
     once = validation_steps(state, train, valid, half_lives=(DAY,), horizon=None)
     assert len(once) == 1 and once[0].task.t == float(train.ts.max())
+
+
+def test_a_long_validation_window_is_walked_in_at_most_the_step_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    g = random_stream(600)  # events over 20 days: a 1-hour horizon would be ~100 steps
+    cut = float(np.quantile(g.ts, 0.8))
+    train, valid = g.subset(g.ts < cut), g.subset(g.ts >= cut)
+    state = TrendState.from_graph(train, (DAY,))
+    monkeypatch.setattr(tuning, "MAX_VALIDATION_STEPS", 3)
+    hourly = validation_steps(state, train, valid, half_lives=(DAY,), horizon=3600.0)
+    assert 1 < len(hourly) <= 3
+    monkeypatch.setattr(tuning, "MAX_VALIDATION_STEPS", 10**6)  # uncapped: one an hour
+    assert len(validation_steps(state, train, valid, half_lives=(DAY,), horizon=3600.0)) > 10
 
 
 def test_embedding_term_uses_a_refitted_base() -> None:
