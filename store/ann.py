@@ -146,7 +146,7 @@ class ItemIndex:
         ivf_max_scan: most item codes one query scans (``nprobe * I / lists``), which
             bounds its latency; when the target is not reached within it, the index keeps
             that breadth and logs its recall (default: 50_000: over HTTP at 1M Gaussian
-            items, 2 workers and 8 clients, p99 14.9 ms; 200_000 found 0.80 of the top-10
+            items, 2 workers and 8 clients, p99 15-22 ms; 200_000 found 0.80 of the top-10
             at p99 31.8 ms).
         probe_queries: ``[P, dim]`` queries like those the index will serve (a sample of
             user vectors) for that check (default: up to 256 of the items themselves).
