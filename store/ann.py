@@ -243,7 +243,7 @@ class ItemIndex:
             raise ValueError(f"built.space must be 'l2' or 'ip', got {built.space!r}")
         index = built.index
         want_d = self.dim + (built.space == "l2")
-        ivf = isinstance(index, self._faiss.IndexRefine)
+        ivf = built.kind == "ivf"
         if not (ivf or isinstance(index, self._faiss.IndexHNSW)) or (
                 index.ntotal != len(self)) or index.d != want_d or (ivf and built.space != "l2"):
             raise ValueError(f"built index must be an HNSW or IVF index over {len(self)} "

@@ -281,9 +281,5 @@ def test_max_fetch_defaults_to_the_gpu_limit_only_on_a_gpu() -> None:
 
 def test_search_on_calling_threads_leaves_faiss_one_openmp_thread() -> None:
     faiss = pytest.importorskip("faiss")
-    before = faiss.omp_get_max_threads()
-    try:
-        ann.search_on_calling_threads()
-        assert faiss.omp_get_max_threads() == 1
-    finally:
-        faiss.omp_set_num_threads(before)
+    ann.search_on_calling_threads()  # tests/conftest.py gives the threads back afterwards
+    assert faiss.omp_get_max_threads() == 1
