@@ -80,7 +80,8 @@ def ranker(args: argparse.Namespace, valid_fraction: float) -> TrendRanker:
     base_kwargs = {"progress": False} if args.base else None
     horizon = None if args.horizon_days == 0 else args.horizon_days * DAY
     return TrendRanker(base=args.base, base_kwargs=base_kwargs, valid_fraction=valid_fraction,
-                       horizon_seconds=horizon, k=args.k, seed=args.seed)
+                       horizon_seconds=horizon, k=args.k, seed=args.seed,
+                       content=args.content)
 
 
 def static(graph: InteractionGraph, args: argparse.Namespace) -> None:
@@ -168,10 +169,14 @@ def daily(graph: InteractionGraph, args: argparse.Namespace) -> None:
 
 
 def load(args: argparse.Namespace) -> InteractionGraph:
+    args.content = None
     if args.data:
-        from evaluation.data import load_file
+        from evaluation.data import load_file, load_item_content
 
-        return load_file(args.data, args.format).graph
+        data = load_file(args.data, args.format)
+        if args.items:
+            args.content = load_item_content(args.items, data.item_ids)
+        return data.graph
     from stream.synthetic import generate
 
     s = generate(n_events=args.synthetic, seed=args.seed)
@@ -190,11 +195,14 @@ def main() -> None:
     parser.add_argument("--horizon-days", type=float, default=1.0,
                         help="the ranker's validation re-ranking step (0: rank once)")
     parser.add_argument("--base", default=None, help="base embedding model, e.g. lightgcn")
+    parser.add_argument("--items", help="item metadata (movies.dat, movies.csv) for the "
+                        "ranker's content terms")
     parser.add_argument("--no-static", action="store_true", help="day by day only")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     graph = load(args)
-    print(f"# {args.data or f'synthetic {args.synthetic} events, seed {args.seed}'}")
+    print(f"# {args.data or f'synthetic {args.synthetic} events, seed {args.seed}'}"
+          + (f", items {args.items}" if args.items else ""))
     if not args.no_static:
         static(graph, args)
     if args.days:

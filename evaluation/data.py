@@ -3,14 +3,16 @@ as an :class:`~models.base.InteractionGraph` with dense indices in order of firs
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models.base import InteractionGraph
+from models.trend.content import ItemContent
 from stream.events import Event
+from stream.item_metadata import normalise_id, read_items
 from stream.sources import ColumnMap, ReadStats, read_events
 
 
@@ -43,6 +45,19 @@ def graph_from_events(events: Iterable[Event]) -> tuple[InteractionGraph, list[s
     w = np.fromiter((e.weight for e in unique), np.float32, len(unique))
     graph = InteractionGraph(u, i, ts, w, len(users), len(items))
     return graph, list(users), list(items)
+
+
+def load_item_content(path: str | Path, item_ids: Sequence[str]) -> ItemContent:
+    """The tags and release years of ``path`` (a :mod:`stream.item_metadata` file) for the
+    items ``item_ids`` (by dense index); raises ValueError when no id matches."""
+    records, _ = read_items(path)
+    by_id = {r.item_id: r for r in records}
+    found = [by_id.get(normalise_id(i)) for i in item_ids]
+    if records and not any(found):
+        raise ValueError(f"no item of {path} matches an item of the ratings (e.g. "
+                         f"{records[0].item_id!r} vs {item_ids[0] if item_ids else None!r})")
+    return ItemContent([r.tags if r else () for r in found],
+                       [r.year if r else None for r in found])
 
 
 def load_file(path: str | Path, fmt: str, columns: ColumnMap | None = None) -> LoadedData:

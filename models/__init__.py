@@ -60,7 +60,7 @@ def model_arguments(name: str) -> tuple[str, ...]:
     if name.lower() not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     cls = MODELS[name.lower()]
-    extra = ("item_features",) if cls is PinSage else ()
+    extra = {PinSage: ("item_features",), TrendRanker: ("content",)}.get(cls, ())
     return (*cls._param_names, *extra)
 
 

@@ -13,9 +13,18 @@ import torch
 
 from models.base import InteractionGraph, Recommender
 from models.training import has_scorable_user
-from models.trend.scoring import DAY, TrendParams, covis_scores, standardised, trend_scores
+from models.trend.content import ItemContent
+from models.trend.scoring import (
+    DAY,
+    TrendParams,
+    content_scores,
+    covis_scores,
+    standardised,
+    trend_scores,
+)
 from models.trend.state import TrendState
 from models.trend.tuning import (
+    CONTENT_WEIGHTS,
     COVIS_WEIGHTS,
     EMBEDDING_WEIGHTS,
     LONG_HALF_LIVES_DAYS,
@@ -49,8 +58,11 @@ class TrendRanker(Recommender):
             ``"lightgcn"``)
         base_kwargs: keyword arguments for a base given by name. (default: none)
         short_half_lives_days, long_half_lives_days, long_weights, covis_weights,
-            embedding_weights: the grids searched (``inf`` = all-time counts).
-            (default: those of :mod:`models.trend.tuning`)
+            embedding_weights, content_weights: the grids searched (``inf`` = all-time
+            counts). (default: those of :mod:`models.trend.tuning`)
+        content: the items' tags and release years, aligned with the graph's item
+            indices; adds the tag and release-age affinity terms, their weights chosen
+            with the others (``0`` when they do not help). (default: ``None``: none)
         window: transition window, in events. (default: ``5``)
         n_recent: recent items kept and queried per user. (default: ``5``)
         valid_fraction: share of the newest events held back for the choice when ``fit``
@@ -68,13 +80,14 @@ class TrendRanker(Recommender):
     >>> ranker = TrendRanker(base=None).fit(g)
     >>> ranker.score(torch.tensor([0, 39])).shape
     torch.Size([2, 30])
-    >>> sorted(ranker.fitted_params().as_dict())[:2]
-    ['covis_weight', 'embedding_weight']
+    >>> sorted(ranker.fitted_params().as_dict())[:3]
+    ['age_weight', 'covis_weight', 'embedding_weight']
     """
 
     name = "trend"
     _param_names = ("base", "base_kwargs", "short_half_lives_days", "long_half_lives_days",
-                    "long_weights", "covis_weights", "embedding_weights", "window", "n_recent",
+                    "long_weights", "covis_weights", "embedding_weights", "content_weights",
+                    "window", "n_recent",
                     "valid_fraction", "horizon_seconds", "k", "seed")
 
     def __init__(
@@ -87,6 +100,8 @@ class TrendRanker(Recommender):
         long_weights: Sequence[float] = LONG_WEIGHTS,
         covis_weights: Sequence[float] = COVIS_WEIGHTS,
         embedding_weights: Sequence[float] = EMBEDDING_WEIGHTS,
+        content_weights: Sequence[float] = CONTENT_WEIGHTS,
+        content: ItemContent | None = None,
         window: int = 5,
         n_recent: int = 5,
         valid_fraction: float = 0.1,
@@ -102,6 +117,8 @@ class TrendRanker(Recommender):
         self.long_half_lives_days = tuple(long_half_lives_days)
         self.long_weights, self.covis_weights = tuple(long_weights), tuple(covis_weights)
         self.embedding_weights = tuple(embedding_weights)
+        self.content_weights = tuple(content_weights)
+        self.content = content
         self.window, self.n_recent = window, n_recent
         if horizon_seconds is not None and horizon_seconds <= 0:
             raise ValueError(f"horizon_seconds must be > 0 or None, got {horizon_seconds}")
@@ -181,7 +198,7 @@ class TrendRanker(Recommender):
         steps = []
         if valid is not None and valid.num_edges and train.num_edges:
             state = TrendState.from_graph(train, half_lives, window=self.window,
-                                          n_recent=self.n_recent)
+                                          n_recent=self.n_recent, content=self._content(train))
             steps = validation_steps(state, train, valid, half_lives=half_lives,
                                      horizon=self.horizon_seconds,
                                      base_dots=None if early is None else _dots(early),
@@ -192,13 +209,14 @@ class TrendRanker(Recommender):
                 short_half_lives=[h * DAY for h in self.short_half_lives_days],
                 long_half_lives=[h * DAY for h in self.long_half_lives_days],
                 long_weights=self.long_weights, covis_weights=self.covis_weights,
-                embedding_weights=self.embedding_weights)
+                embedding_weights=self.embedding_weights,
+                content_weights=self.content_weights)
         else:  # nothing to choose on: the first short half-life, no personal terms
             self.params_ = TrendParams(self.short_half_lives_days[0] * DAY,
                                        self.long_half_lives_days[-1] * DAY, 0.0, 0.0)
             self.validation_ = {}
         self.state_ = TrendState.from_graph(graph, half_lives, window=self.window,
-                                            n_recent=self.n_recent)
+                                            n_recent=self.n_recent, content=self._content(graph))
         self.early_base_ = early
         self.base_ = None
         self.base_epochs_: int | None = None
@@ -207,6 +225,9 @@ class TrendRanker(Recommender):
                 template, early, graph, self.fit_base)
         self._num_users = graph.num_users
         return self
+
+    def _content(self, graph: InteractionGraph) -> ItemContent | None:
+        return None if self.content is None else self.content.padded(graph.num_items)
 
     def update(self, users: Sequence[int] | np.ndarray, items: Sequence[int] | np.ndarray,
                ts: Sequence[float] | np.ndarray) -> TrendRanker:
@@ -241,6 +262,8 @@ class TrendRanker(Recommender):
             if known.any():
                 z = standardised(_dots(self.base_)(u[known]))
                 out[known, : z.shape[1]] += params.embedding_weight * z
+        if params.tag_weight or params.age_weight:
+            out += content_scores(state, params, u, when)
         return torch.from_numpy(out).float()
 
     def serving_state(self) -> bytes:
@@ -280,7 +303,11 @@ class TrendRanker(Recommender):
                 "short_half_lives_days": self.short_half_lives_days,
                 "long_half_lives_days": self.long_half_lives_days,
                 "long_weights": self.long_weights, "covis_weights": self.covis_weights,
-                "embedding_weights": self.embedding_weights, "window": self.window,
+                "embedding_weights": self.embedding_weights,
+                "content_weights": self.content_weights,
+                "content": None if self.content is None else {
+                    "items": self.content.num_items, "tags": len(self.content.vocabulary)},
+                "window": self.window,
                 "n_recent": self.n_recent, "valid_fraction": self.valid_fraction,
                 "horizon_seconds": self.horizon_seconds, "k": self.k, "seed": self.seed}
 

@@ -10,7 +10,9 @@
   most recent items ``j_0`` (newest), ``j_1``, ...; ``T`` the transition counts and ``n`` the
   all-time counts; ``covis = 0`` for a user without recent items;
 * ``z(u, i)``: the base embeddings' inner product standardised over the user's items
-  (mean 0, standard deviation 1); 0 for a user the base does not know.
+  (mean 0, standard deviation 1); 0 for a user the base does not know;
+* with item content, ``+ tag_weight * tags(u, i) + age_weight * age(u, i)``: the user's
+  tag and release-age affinities (:mod:`models.trend.content`), 0 without content.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class TrendParams:
     long_weight: float
     covis_weight: float
     embedding_weight: float = 0.0
+    tag_weight: float = 0.0
+    age_weight: float = 0.0
     smoothing: float = 0.1
     recency: float = 0.7
     n_query_items: int = 5
@@ -89,6 +93,17 @@ def covis_scores(state: TrendState, params: TrendParams, users: np.ndarray) -> n
     top = v.max(axis=1, keepdims=True)
     has = (np.diff(query.indptr) > 0)[:, None]
     return np.where(has, np.log(v / np.where(top > 0, top, 1.0) + COVIS_EPS), 0.0)
+
+
+def content_scores(state: TrendState, params: TrendParams, users: np.ndarray, t: float
+                   ) -> np.ndarray:
+    """float64 ``[len(users), num_items]``: the content terms at time ``t`` (zeros when the
+    state has no content or both weights are 0)."""
+    out = np.zeros((len(users), state.num_items))
+    if state.affinity is None or not (params.tag_weight or params.age_weight):
+        return out
+    tags, ages = state.affinity.item_terms(users, np.arange(state.num_items), t)
+    return params.tag_weight * tags + params.age_weight * ages
 
 
 def standardised(dots: np.ndarray) -> np.ndarray:

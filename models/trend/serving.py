@@ -27,22 +27,28 @@ class TrendTopK:
             term. (default: ``None``)
         trend_candidates: how many of the top trending items (beyond ``k`` and the user's
             excluded items) are candidates. (default: ``200``)
+        content_candidates: with content terms, the top this many trending items are
+            candidates for a user with events (content can lift an item past the trending
+            ones). (default: ``2000``)
 
-    Without an embedding term the result equals exact scoring over every item: an item
+    Without an embedding term the result equals exact scoring over every item, and with
+    content terms too when the catalogue has at most ``content_candidates`` items: an item
     outside the candidates has the floor co-visitation score, so it cannot pass the
     trending candidates (tested against :meth:`TrendRanker.score`).
     """
 
     def __init__(self, state: TrendState, params: TrendParams, *,
-                 item_vectors: np.ndarray | None = None, trend_candidates: int = 200) -> None:
+                 item_vectors: np.ndarray | None = None, trend_candidates: int = 200,
+                 content_candidates: int = 2000) -> None:
         self.state, self.params = state, params
         self.item_vectors = item_vectors
-        self.trend_candidates = trend_candidates
+        self.trend_candidates, self.content_candidates = trend_candidates, content_candidates
         self.refresh()
 
     def refresh(self, t: float | None = None) -> None:
         """Recompute the trend term at ``t`` (default: the newest applied event)."""
         when = self.state.last_ts if t is None else t
+        self.when = when
         self.trend = trend_scores(self.state, self.params, when)
         self.order = np.lexsort((np.arange(len(self.trend)), -self.trend))
         self._inv = 1.0 / np.sqrt(self.state.counts + 1.0)
@@ -62,6 +68,11 @@ class TrendTopK:
         """
         excluded = np.unique(np.asarray(exclude, dtype=np.int64))
         n_trend = k + len(excluded) + self.trend_candidates
+        affinity = self.state.affinity
+        with_content = bool(affinity is not None and self.state.has_history(user)
+                            and (self.params.tag_weight or self.params.age_weight))
+        if with_content:
+            n_trend = max(n_trend, self.content_candidates + len(excluded))
         recent = self.state.recent_items(user)[: self.params.n_query_items]
         neighbours, covis_values = self._covis(recent)
         candidates = np.unique(np.concatenate([
@@ -78,6 +89,10 @@ class TrendTopK:
                     neighbours[np.minimum(where, len(neighbours) - 1)] == candidates)
                 covis[hit] = np.log(covis_values[where[hit]] / top + COVIS_EPS)
             scores += self.params.covis_weight * covis
+        if with_content:
+            assert affinity is not None
+            tags, ages = affinity.item_terms(np.asarray([user]), candidates, self.when)
+            scores += self.params.tag_weight * tags[0] + self.params.age_weight * ages[0]
         if (self.params.embedding_weight and user_vector is not None
                 and self.item_vectors is not None):
             u = np.asarray(user_vector, dtype=np.float64)

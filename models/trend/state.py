@@ -17,6 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.base import InteractionGraph
+from models.trend.affinity import ContentAffinity
+from models.trend.content import ItemContent
 
 #: exponent above which the decayed sums are re-referenced to stay far from float64 overflow
 _REBASE_EXPONENT = 256.0
@@ -31,6 +33,9 @@ class TrendState:
         window: an event pairs with its user's previous ``window`` events (by time) as a
             transition, counted in both directions. (default: ``5``)
         n_recent: how many of a user's most recent items are kept. (default: ``5``)
+        content: the items' tags and release years; with it the state also keeps every
+            user's :class:`~models.trend.affinity.ContentAffinity` (:attr:`affinity`).
+            (default: ``None``: no content)
 
     The decayed count of item ``i`` with half-life ``h`` at time ``t`` is
     ``sum_k 2 ** (-(t - t_k) / h)`` over its events ``t_k <= t``; it is stored as a sum
@@ -53,6 +58,7 @@ class TrendState:
         *,
         window: int = 5,
         n_recent: int = 5,
+        content: ItemContent | None = None,
     ) -> None:
         if not half_lives or any(not (0 < h < math.inf) for h in half_lives):
             raise ValueError(f"half_lives must be finite seconds > 0, got {tuple(half_lives)}")
@@ -68,20 +74,26 @@ class TrendState:
         self.counts = np.zeros(self.num_items)
         self.transitions = sp.csr_matrix((self.num_items, self.num_items))
         self._recent: dict[int, list[tuple[float, int]]] = {}
+        self.affinity = None if content is None else ContentAffinity(content)
 
     def __repr__(self) -> str:
         days = ", ".join(f"{h / 86400:g}d" for h in self.half_lives)
         return (f"TrendState(num_items={self.num_items}, half_lives=({days}), "
-                f"window={self.window}, n_recent={self.n_recent})")
+                f"window={self.window}, n_recent={self.n_recent}, "
+                f"content={self.affinity is not None})")
 
     @classmethod
     def from_graph(cls, graph: InteractionGraph, half_lives: Sequence[float], *,
-                   window: int = 5, n_recent: int = 5) -> TrendState:
+                   window: int = 5, n_recent: int = 5,
+                   content: ItemContent | None = None) -> TrendState:
         """The state after every event of ``graph`` in time order, built with array
         operations (what :meth:`update` would reach event by event)."""
-        state = cls(graph.num_items, half_lives, window=window, n_recent=n_recent)
+        state = cls(graph.num_items, half_lives, window=window, n_recent=n_recent,
+                    content=content)
         if graph.num_edges == 0:
             return state
+        if state.affinity is not None:
+            state.affinity.update(graph.user, graph.item, graph.ts)
         order = np.lexsort((graph.ts, graph.user))
         users, items, ts = graph.user[order], graph.item[order], graph.ts[order]
         state.ref_ts = float(graph.ts.max())
@@ -127,6 +139,8 @@ class TrendState:
         for h, row in zip(self.half_lives, self.sums, strict=True):
             np.add.at(row, i, np.exp2((t - self.ref_ts) / h))
         np.add.at(self.counts, i, 1.0)
+        if self.affinity is not None:
+            self.affinity.update(u, i, t)
         rows: list[int] = []
         cols: list[int] = []
         for user, item, when in zip(u.tolist(), i.tolist(), t.tolist(), strict=True):
@@ -195,7 +209,9 @@ class TrendState:
             t_indptr=t.indptr, recent_users=np.asarray(users, np.int64),
             recent_lengths=np.asarray(lengths, np.int64),
             recent_ts=np.asarray([p[0] for p in pairs], np.float64),
-            recent_items=np.asarray([p[1] for p in pairs], np.int64))
+            recent_items=np.asarray([p[1] for p in pairs], np.int64),
+            affinity=np.frombuffer(b"" if self.affinity is None else self.affinity.to_bytes(),
+                                   np.uint8))
         return buffer.getvalue()
 
     @classmethod
@@ -217,6 +233,8 @@ class TrendState:
                                          z["recent_lengths"].tolist(), strict=True):
                 state._recent[user] = list(zip(ts[end - length:end], items[end - length:end],
                                                strict=True))
+            if "affinity" in z.files and len(z["affinity"]):
+                state.affinity = ContentAffinity.from_bytes(z["affinity"].tobytes())
         return state
 
     def _grow(self, num_items: int) -> None:

@@ -16,6 +16,7 @@ from models.trend import TrendParams, TrendRanker, TrendState, covis_scores, tre
 from models.trend.scoring import COVIS_EPS, DAY
 from models.trend.serving import TrendTopK
 from models.trend.tuning import validation_steps
+from tests.models.trend_checks import assert_served_equals_exact
 
 
 def random_stream(n: int = 400, users: int = 25, items: int = 15, seed: int = 0
@@ -211,15 +212,8 @@ def test_candidate_top_k_equals_exact_scoring(covis_weight: float) -> None:
     ranker = TrendRanker(window=3)
     ranker.params_, ranker.state_, ranker._num_users = params, state, g.num_users
     served = TrendTopK(state, params, trend_candidates=5)
-    exact = ranker.score(torch.arange(g.num_users + 1)).double().numpy()
-    for user in range(g.num_users + 1):                  # the last one has no events
-        seen = np.unique(g.item[g.user == user])
-        items, scores = served.top_k(user, 10, exclude=seen)
-        row = exact[user].copy()
-        row[seen] = -np.inf
-        expected = np.lexsort((np.arange(len(row)), -row))[:10]
-        np.testing.assert_array_equal(items, expected)
-        np.testing.assert_allclose(scores, row[expected], rtol=1e-5)
+    exact = ranker.score(torch.arange(g.num_users + 1)).double().numpy()  # last: no events
+    assert_served_equals_exact(served, exact, g)
 
 
 def test_a_base_without_warm_validation_users_is_fitted_without_early_stopping() -> None:
