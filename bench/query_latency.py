@@ -21,7 +21,9 @@ import numpy as np
 from store.ann import ItemIndex
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
+from store.item_metadata import ItemMetadata
 from stream.events import Event
+from stream.item_metadata import ItemRecord
 from stream.synthetic import generate
 from streamrec.queries import QueryService
 from streamrec.retrain import RetrainPlan, retrain
@@ -30,7 +32,7 @@ VECTORS = ("lightgcn", "trend", "gaussian")
 
 
 def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
-          vectors: str = "gaussian", epochs: int = 3) -> GraphStore:
+          vectors: str = "gaussian", epochs: int = 3, content: bool = False) -> GraphStore:
     """A SQLite store over ``items`` items and ``users`` users (ids ``i<N>``, ``u<N>``) with an
     active version (dim 64).
 
@@ -40,7 +42,9 @@ def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
     events per user) plus one event by a random user for each item it never touched, and a
     LightGCN trained on it for ``epochs`` epochs through ``streamrec.retrain``, as a
     deployment serves. ``"gaussian"``: uniform random histories and random Gaussian vectors,
-    the worst case for an ANN index (no structure to exploit).
+    the worst case for an ANN index (no structure to exploit). ``content``: items' metadata
+    is imported before the retrain (each item's planted taste as its one tag, a release year
+    in 1990-2019), so the trend ranker scores its content terms too.
     """
     if vectors not in VECTORS:
         raise ValueError(f"vectors must be one of {VECTORS}, got {vectors!r}")
@@ -57,6 +61,9 @@ def build(path: Path, users: int, items: int, events_per_user: int, seed: int,
                 enumerate(zip(rng.integers(0, users, len(untouched)), untouched, strict=True))]
         for lo in range(0, len(evs), 50_000):
             graph.write_batch(evs[lo: lo + 50_000])
+        if content:
+            ItemMetadata(graph).write([ItemRecord(f"i{i}", 1990 + i % 30, (f"taste{t}",))
+                                       for i, t in enumerate(stream.item_topic.tolist())])
         retrain(graph, store, RetrainPlan(model=vectors, epochs=epochs, dim=64,
                                           valid_fraction=0.1 if vectors == "trend" else 0,
                                           train_updater=False, progress=False, seed=seed))
@@ -105,13 +112,18 @@ def main() -> None:
                     help="the active version: random Gaussian vectors (the ANN worst case), "
                          "a LightGCN trained on the synthetic stream, or the trend ranker "
                          "over it (see build())")
+    ap.add_argument("--content", action="store_true",
+                    help="with --vectors trend: import items' metadata first (see build())")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         graph = build(Path(tmp) / "q.db", args.users, args.items, args.events_per_user,
-                      args.seed, args.vectors)
+                      args.seed, args.vectors, content=args.content)
         print(f"built store: {graph.counts()} in {time.perf_counter() - t:.1f}s")
+        fitted = EmbeddingStore(graph.engine).active_version()
+        if fitted is not None and "fitted" in fitted.hyper_parameters:
+            print(f"ranker chosen on validation: {fitted.hyper_parameters['fitted']}")
         users = [f"u{u}" for u in rng.integers(1, args.users, args.queries)]
         items = [f"i{i}" for i in rng.integers(0, args.items, args.queries)]
         for label, threshold in (("exact (FAISS flat)", 10**9), ("HNSW", 1)):

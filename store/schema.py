@@ -2,7 +2,8 @@
 
 Names are plain so operators can inspect them with SQL: ``users`` and ``items`` map external
 ids to stable dense indices (``idx``, assigned 0, 1, 2, ... in order of first appearance),
-``interactions`` holds each event once (``event_id`` is unique), ``dead_letters`` holds every
+``interactions`` holds each event once (``event_id`` is unique), ``item_metadata`` each
+item's tags and release year by external id, ``dead_letters`` holds every
 message that could not be stored, with the reason. Times are epoch seconds (float).
 """
 
@@ -59,6 +60,15 @@ interactions = Table(
     Index("ix_interactions_ts", "ts"),
     Index("ix_interactions_user_ts", "user_idx", "ts"),
     Index("ix_interactions_item_ts", "item_idx", "ts"),
+)
+
+item_metadata = Table(
+    "item_metadata",
+    metadata,
+    Column("external_id", String(MAX_ID_LENGTH), primary_key=True),
+    Column("year", Integer, nullable=True, comment="release year"),
+    Column("tags", Text, nullable=False, comment="'|'-separated, e.g. genres"),
+    Column("updated_at", Double, nullable=False, comment="epoch seconds"),
 )
 
 dead_letters = Table(

@@ -323,6 +323,41 @@ def _parse_ts(value: str | None) -> float | None:
 
 
 @app.command()
+def items(
+    file: Annotated[Path, typer.Argument(help="movies.dat (id::Title (year)::Genre|Genre), "
+                                         "MovieLens movies.csv, or a CSV with item_id, year "
+                                         "and tags (|-separated) columns")],
+    store: StoreOpt = None,
+) -> None:
+    """Import items' metadata (tags such as genres, release year) into the store.
+
+    The trend ranker's next retrain adds each user's tag and release-age affinities to its
+    score, with weights chosen on validation (0 when they do not help). Rows are keyed by
+    item id: an import replaces earlier metadata of the same items, and items without events
+    yet get their content when their first event arrives.
+    """
+    from store.graph import GraphStore
+    from store.item_metadata import ItemMetadata
+    from stream.item_metadata import read_items
+
+    try:
+        records, stats = read_items(file)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not records:
+        first = f" (line {stats.errors[0][0]}: {stats.errors[0][1]})" if stats.errors else ""
+        console.print(f"[red]error:[/red] {file} holds no item record{first}")
+        raise typer.Exit(2)
+    graph = GraphStore(_settings(store=store).store)
+    meta = ItemMetadata(graph)
+    written = meta.write(records)
+    known = len(graph.node_index("item", (r.item_id for r in records)))
+    print(f"imported {written} items ({stats.rejected} lines rejected); {known} of them have "
+          f"events in the store, {meta.count()} items have metadata")
+
+
+@app.command()
 def retrain(
     model: Annotated[str, typer.Option(
         help="trend (the trend-aware ranker over LightGCN embeddings), lightgcn, pinsage, mf "
@@ -486,6 +521,9 @@ def evaluate(
     data: Annotated[Path | None, typer.Option("--data", help="interaction file")] = None,
     fmt: Annotated[str, typer.Option("--format", help="movielens, csv or jsonl")] = "movielens",
     from_store: Annotated[bool, typer.Option("--from-store", help="evaluate on the store")] = False,
+    item_file: Annotated[Path | None, typer.Option(
+        "--items", help="items' metadata for the trend ranker's content terms (as `streamrec "
+        "items` reads; with --from-store the store's metadata is used without it)")] = None,
     models: Annotated[
         str | None, typer.Option("--models", help="comma-separated: lightgcn, pinsage, mf, "
                                  "popularity, popularity-recent (default: what retrain serves "
@@ -520,7 +558,7 @@ def evaluate(
     Headline: each model's recall@20 over the best trending baseline (all-time, last-W-days
     or decayed popularity, W and the half-life chosen on validation).
     """
-    from evaluation.data import load_file
+    from evaluation.data import load_file, load_item_content
     from evaluation.runner import run_evaluation
     from models import make_model, model_arguments
 
@@ -549,19 +587,29 @@ def evaluate(
     def factory(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
         base, extra = aliases.get(name, (name, {}))
         accepted = set(model_arguments(base))
-        wanted = {"epochs": epochs, **extra, **kwargs}  # the protocol sets the chosen epochs
+        # the protocol sets the chosen epochs
+        wanted = {"epochs": epochs, "content": content, **extra, **kwargs}
         return make_model(base, **{a: v for a, v in wanted.items()
                                    if v is not None and a in accepted})
 
     settings = _settings(store=store)
+    content = None
     try:
         if data is not None:
             loaded = load_file(data, fmt)
             graph, dataset = loaded.graph, loaded.name
+            if item_file is not None:
+                content = load_item_content(item_file, loaded.item_ids)
         else:
             from store.graph import GraphStore
+            from store.item_metadata import ItemMetadata
 
-            graph, dataset = GraphStore(settings.store).snapshot(), "graph store"
+            graph_store = GraphStore(settings.store)
+            graph, dataset = graph_store.snapshot(), "graph store"
+            if item_file is not None:
+                content = load_item_content(item_file, graph_store.node_ids("item"))
+            else:
+                content = ItemMetadata(graph_store).content()
         result = run_evaluation(
             graph, names, model_factory=factory, ks=ks, seed=seed, fit_on=fit_on,  # type: ignore[arg-type]
             streaming=streaming, streaming_retrain=streaming_retrain,

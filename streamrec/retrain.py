@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -23,6 +23,7 @@ from models.trend import TrendRanker
 from models.trend.ranker import DEFAULT_BASE, BaseFit
 from store.embeddings import EmbeddingStore, VersionInfo
 from store.graph import GraphStore
+from store.item_metadata import ItemMetadata
 from streamrec.parallel_fit import ProcessesFit
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,11 @@ class RetrainPlan:
             raise RetrainError(str(exc)) from None
         wanted: dict[str, object] = {
             "epochs": self.epochs, "embedding_dim": self.dim, "seed": self.seed,
-            "progress": self.progress, **self.extra,
+            "progress": self.progress,
         }
-        kwargs = {k: v for k, v in wanted.items() if v is not None and k in accepted}
+        # an extra None is meant (e.g. base=None: a trend ranker without base embeddings)
+        kwargs = {k: v for k, v in wanted.items() if v is not None and k in accepted} | {
+            k: v for k, v in self.extra.items() if k in accepted}
         if "base_kwargs" in accepted:  # a ranker over a base model: --epochs/--dim are its
             base = kwargs.get("base", DEFAULT_BASE)
             if base is not None:
@@ -253,6 +256,10 @@ def retrain(graph_store: GraphStore, embeddings: EmbeddingStore, plan: RetrainPl
         when = "" if plan.cutoff is None else f" up to cutoff {plan.cutoff}"
         raise RetrainError(f"the store holds no interactions{when}; ingest events first")
     cutoff = plan.cutoff if plan.cutoff is not None else float(graph.ts.max())
+    if "content" in model_arguments(plan.model) and "content" not in plan.extra:
+        content = ItemMetadata(graph_store).content()
+        if content is not None:
+            plan = replace(plan, extra={**plan.extra, "content": content})
     outcome = fit_model(plan, graph)
     model, metrics = outcome.model, outcome.metrics
     users, items = model.user_embeddings().numpy(), model.item_embeddings().numpy()

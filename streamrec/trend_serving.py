@@ -7,7 +7,9 @@ reading extra rows: the version carries the state over exactly the events its ba
 (``id <= ingest_seq`` and ``ts <= cutoff``); :meth:`ServedRanker.load` applies every other
 stored event, and :meth:`ServedRanker.catch_up` each event committed since, by whichever
 ingest process, in ingest order. An event is reflected as soon as the service refreshes
-after its commit (the change feed wakes it within milliseconds).
+after its commit (the change feed wakes it within milliseconds). With item content, items
+first stored after the version get their tags and year from the store's ``item_metadata``
+before their first event is applied.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import threading
 import numpy as np
 
 from models.trend.serving import TrendTopK, from_bytes
+from models.trend.state import TrendState
 from store.embedding_schema import VersionInfo
 from store.embeddings import EmbeddingStore
 from store.event_log import StoredEvents
 from store.graph import GraphStore
+from store.item_metadata import ItemMetadata
 
 #: nearest items by the base's inner product added as candidates when the score has an
 #: embedding term
@@ -47,7 +51,7 @@ class ServedRanker:
             return None
         state, params = from_bytes(data)
         unseen = graph.events_unseen_by(version.ingest_seq, version.cutoff)
-        _apply(state, unseen)
+        _apply(state, unseen, graph)
         top = TrendTopK(state, params, item_vectors=item_vectors)
         return cls(version, top, unseen.upto)
 
@@ -56,7 +60,7 @@ class ServedRanker:
         with self._lock:
             new = graph.events_after(self.seq)
             if new.num_events:
-                _apply(self.top.state, new)
+                _apply(self.top.state, new, graph)
                 self.top.refresh()
             self.seq = max(self.seq, new.upto)
             return new.num_events
@@ -88,6 +92,10 @@ class ServedRanker:
         return bool(self.top.params.embedding_weight) and self.top.item_vectors is not None
 
 
-def _apply(state, events: StoredEvents) -> None:  # type: ignore[no-untyped-def]
-    if events.num_events:
-        state.update(events.user, events.item, events.ts)
+def _apply(state: TrendState, events: StoredEvents, graph: GraphStore) -> None:
+    if not events.num_events:
+        return
+    affinity = state.affinity
+    if affinity is not None and int(events.item.max()) >= affinity.content.num_items:
+        affinity.content = ItemMetadata(graph).extend(affinity.content)
+    state.update(events.user, events.item, events.ts)

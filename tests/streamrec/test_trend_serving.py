@@ -65,6 +65,7 @@ def exact_top(graph: GraphStore, embeddings: EmbeddingStore, version_id: int, us
 def test_retrain_publishes_the_ranker_and_recommend_ranks_with_it(served) -> None:  # type: ignore[no-untyped-def]
     graph, embeddings, info = served
     assert info.has_ranker_state and info.hyper_parameters["fitted"]["short_half_life_days"]
+    assert info.hyper_parameters["base"] is None    # extra={"base": None} reached the ranker
     service = QueryService(graph, embeddings, ann_backend="numpy")
     for user in ("u1", "u2", "u30", "nobody"):
         got = service.recommend(user, k=5)
