@@ -4,6 +4,7 @@ against the best popularity list, static and day by day.
     python bench/quality.py --data ../shared/data/movietweetings/snap100K_ratings.dat
     python bench/quality.py --synthetic 100000 --seed 0
     python bench/quality.py --data ratings.dat --base lightgcn     # with base embeddings
+    python bench/quality.py --data ratings.dat --items none        # without movies.dat
 
 Static protocol (that of ../shared/tools/trending_floor.py): events by time, train = the
 first 80%, validation = the next 10%, test = the rest. Every popularity candidate (all-time,
@@ -19,7 +20,11 @@ Day by day (``--days``, default 14): the ranker is fitted once on every event be
 first of the last ``--days`` days, then ranks each day's users at the day's start and takes
 that day's events through :meth:`TrendRanker.update` (as ``ingest --update`` does); the
 popularity list, its kind chosen by next-day recall on the ``--days`` days before, is
-recounted at every day's start. Recall is pooled over (day, user) pairs.
+recounted at every day's start. Recall is pooled over (day, user) pairs. The "as served"
+rows rank each (day, user) pair at the user's first event of that day instead, with every
+earlier event applied (other users' events of the day included): the ranker through
+:meth:`TrendRanker.update`, as the service ranks, and the popularity list recounted then too,
+the stricter comparison.
 """
 
 from __future__ import annotations
@@ -154,6 +159,37 @@ def daily(graph: InteractionGraph, args: argparse.Namespace) -> None:
 
     ours = pooled(days[:-1], ranker_scores)
     (lo, hi), = bootstrap_ci((ours - pop)[:, None], n_boot=1000, level=0.95, seed=0)
+
+    # as served: each user ranked at their first event of the day, every earlier event
+    # (other users' events that day included) applied, as the service ranks them
+    model_served = ranker(args, valid_fraction=0.1).fit(graph.subset(graph.ts < first))
+    served_applied = [first]
+
+    def at_first_event(task: ValidationTask, lo: float, score_rows) -> np.ndarray:
+        day = (graph.ts >= lo) & (graph.ts < lo + DAY) & np.isin(graph.user, task.users)
+        firsts = np.full(len(task.users), np.inf)
+        np.minimum.at(firsts, np.searchsorted(task.users, graph.user[day]), graph.ts[day])
+        scores = np.empty((len(task.users), task.num_items))
+        for t in np.unique(firsts):
+            rows = np.flatnonzero(firsts == t)
+            scores[rows] = score_rows(task.users[rows], t)
+        return task.per_user(scores)
+
+    def ranker_rows(users: np.ndarray, t: float) -> np.ndarray:
+        new = (graph.ts >= served_applied[-1]) & (graph.ts < t)
+        model_served.update(graph.user[new], graph.item[new], graph.ts[new])
+        served_applied.append(t)
+        out = model_served.score(torch.from_numpy(users)).double().numpy()
+        return np.pad(out, ((0, 0), (0, graph.num_items - out.shape[1])),
+                      constant_values=-np.inf)
+
+    def popularity_rows(users: np.ndarray, t: float) -> np.ndarray:
+        row = popularity(graph.subset(graph.ts < t), *best)
+        return np.tile(np.pad(row, (0, graph.num_items - len(row))), (len(users), 1))
+
+    served_ours = pooled(days[:-1], lambda _h, task, lo: at_first_event(task, lo, ranker_rows))
+    served_pop = pooled(days[:-1], lambda _h, task, lo: at_first_event(task, lo,
+                                                                       popularity_rows))
     print(f"\n## day by day: last {args.days} days, {len(pop)} (day, user) pairs "
           f"({warm.mean():.0%} warm: with events before the day); popularity kind chosen on "
           f"the {args.days} days before: {label(*best)}")
@@ -165,17 +201,30 @@ def daily(graph: InteractionGraph, args: argparse.Namespace) -> None:
     print(f"| trend ranker, fitted once + per-event updates | {ours.mean():.4f} | "
           f"{ours[warm].mean():.4f} | {ours[~warm].mean():.4f} | "
           f"{ours.mean() / pop.mean():.3f}x | [{lo:+.4f}, {hi:+.4f}] |")
+    print(f"| popularity {label(*best)}, as served (at each user's first event of the day) | "
+          f"{served_pop.mean():.4f} | {served_pop[warm].mean():.4f} | "
+          f"{served_pop[~warm].mean():.4f} | {served_pop.mean() / pop.mean():.3f}x | |")
+    for name, ref in (("refreshed daily", pop), ("as served", served_pop)):
+        (lo, hi), = bootstrap_ci((served_ours - ref)[:, None], n_boot=1000, level=0.95, seed=0)
+        print(f"| trend ranker, as served; ratio vs popularity {name} | "
+              f"{served_ours.mean():.4f} | {served_ours[warm].mean():.4f} | "
+              f"{served_ours[~warm].mean():.4f} | {served_ours.mean() / ref.mean():.3f}x | "
+              f"[{lo:+.4f}, {hi:+.4f}] |")
     print(f"\nranker chosen on its validation: {model.fitted_summary()['fitted']}")
 
 
 def load(args: argparse.Namespace) -> InteractionGraph:
     args.content = None
     if args.data:
-        from evaluation.data import load_file, load_item_content
+        from evaluation.data import load_file, load_item_content, sibling_item_file
 
         data = load_file(args.data, args.format)
-        if args.items:
+        if args.items is None:
+            args.items = sibling_item_file(args.data)
+        if args.items and str(args.items) != "none":
             args.content = load_item_content(args.items, data.item_ids)
+        else:
+            args.items = None
         return data.graph
     from stream.synthetic import generate
 
@@ -196,7 +245,8 @@ def main() -> None:
                         help="the ranker's validation re-ranking step (0: rank once)")
     parser.add_argument("--base", default=None, help="base embedding model, e.g. lightgcn")
     parser.add_argument("--items", help="item metadata (movies.dat, movies.csv) for the "
-                        "ranker's content terms")
+                        "ranker's content terms (default: the movies file beside --data, if "
+                        "any; 'none': without)")
     parser.add_argument("--no-static", action="store_true", help="day by day only")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -47,6 +47,21 @@ def graph_from_events(events: Iterable[Event]) -> tuple[InteractionGraph, list[s
     return graph, list(users), list(items)
 
 
+def sibling_item_file(ratings: str | Path) -> Path | None:
+    """The items' metadata file beside a MovieLens / MovieTweetings ratings file, if there is
+    one: ``ratings.dat`` -> ``movies.dat``, ``snap100K_ratings.dat`` ->
+    ``snap100K_movies.dat``, ``ratings.csv`` -> ``movies.csv``.
+
+    >>> sibling_item_file("/nowhere/ratings.dat") is None
+    True
+    """
+    path = Path(ratings)
+    if "ratings" not in path.name:
+        return None
+    candidate = path.with_name(path.name.replace("ratings", "movies"))
+    return candidate if candidate.is_file() else None
+
+
 def load_item_content(path: str | Path, item_ids: Sequence[str]) -> ItemContent:
     """The tags and release years of ``path`` (a :mod:`stream.item_metadata` file) for the
     items ``item_ids`` (by dense index); raises ValueError when no id matches."""

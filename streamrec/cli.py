@@ -523,7 +523,9 @@ def evaluate(
     from_store: Annotated[bool, typer.Option("--from-store", help="evaluate on the store")] = False,
     item_file: Annotated[Path | None, typer.Option(
         "--items", help="items' metadata for the trend ranker's content terms (as `streamrec "
-        "items` reads; with --from-store the store's metadata is used without it)")] = None,
+        "items` reads; default: the movies file beside --data, e.g. movies.dat beside "
+        "ratings.dat, if there is one; with --from-store the store's metadata; 'none': "
+        "without)")] = None,
     models: Annotated[
         str | None, typer.Option("--models", help="comma-separated: lightgcn, pinsage, mf, "
                                  "popularity, popularity-recent (default: what retrain serves "
@@ -558,7 +560,7 @@ def evaluate(
     Headline: each model's recall@20 over the best trending baseline (all-time, last-W-days
     or decayed popularity, W and the half-life chosen on validation).
     """
-    from evaluation.data import load_file, load_item_content
+    from evaluation.data import load_file, load_item_content, sibling_item_file
     from evaluation.runner import run_evaluation
     from models import make_model, model_arguments
 
@@ -598,7 +600,11 @@ def evaluate(
         if data is not None:
             loaded = load_file(data, fmt)
             graph, dataset = loaded.graph, loaded.name
-            if item_file is not None:
+            if item_file is None:
+                item_file = sibling_item_file(data)
+                if item_file is not None:
+                    console.print(f"items' metadata from {item_file} (--items none: without)")
+            if item_file is not None and str(item_file) != "none":
                 content = load_item_content(item_file, loaded.item_ids)
         else:
             from store.graph import GraphStore
@@ -606,10 +612,10 @@ def evaluate(
 
             graph_store = GraphStore(settings.store)
             graph, dataset = graph_store.snapshot(), "graph store"
-            if item_file is not None:
-                content = load_item_content(item_file, graph_store.node_ids("item"))
-            else:
+            if item_file is None:
                 content = ItemMetadata(graph_store).content()
+            elif str(item_file) != "none":
+                content = load_item_content(item_file, graph_store.node_ids("item"))
         result = run_evaluation(
             graph, names, model_factory=factory, ks=ks, seed=seed, fit_on=fit_on,  # type: ignore[arg-type]
             streaming=streaming, streaming_retrain=streaming_retrain,

@@ -53,10 +53,13 @@ def test_evaluate_with_items_fits_the_content_terms(tmp_path: Path) -> None:
     movies = tmp_path / "movies.dat"
     movies.write_text("".join(f"{i:07d}::Movie {i} ({2000 + i % 7})::{'AB'[i % 2]}\n"
                               for i in range(30)))
-    out = tmp_path / "report"
-    res = CliRunner().invoke(app, [
-        "evaluate", "--data", str(data), "--items", str(movies), "--models", "trend",
-        "--no-streaming", "--k", "10,20", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    info = json.loads((out / "metrics.json").read_text())["model_info"]["trend"]
-    assert info["hyper_parameters"]["content"] == {"items": 30, "tags": 2}
+    for items, expected in (([], {"items": 30, "tags": 2}),       # movies.dat found beside
+                            (["--items", "none"], None)):
+        out = tmp_path / f"report{len(items)}"
+        res = CliRunner().invoke(app, [
+            "evaluate", "--data", str(data), *items, "--models", "trend", "--no-streaming",
+            "--k", "10,20", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        info = json.loads((out / "metrics.json").read_text())["model_info"]["trend"]
+        assert info["hyper_parameters"]["content"] == expected
+        assert ("items' metadata from" in res.output) is (not items)
