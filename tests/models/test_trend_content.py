@@ -73,6 +73,12 @@ def test_affinity_updates_equal_a_recount_and_survive_bytes(batch: int) -> None:
     np.testing.assert_allclose(tags, expected[0])
     np.testing.assert_allclose(ages, expected[1])
     assert not tags[:, -2:].any()                          # items the content does not know
+    items = np.array([3, 0, g.num_items + 1, 3, 7])
+    for user in (0, 5, g.num_users + 2):                   # one user at a time, as served
+        one = whole.one_user_terms(user, items, float(g.ts.max()))
+        full = whole.item_terms(np.array([user]), items, float(g.ts.max()))
+        np.testing.assert_allclose(one[0], full[0][0])
+        np.testing.assert_allclose(one[1], full[1][0])
 
 
 def test_a_users_genre_shows_in_the_tag_term() -> None:
@@ -135,3 +141,38 @@ def test_served_top_k_with_content_equals_exact_scoring() -> None:
     state.update([0], [49], [float(g.ts.max()) + 1])      # new events move it, no refit
     served.refresh()
     assert served.top_k(0, 5)[0].tolist() != [] and state.affinity.user_events[0] > 0
+
+
+def test_pruned_content_scoring_keeps_the_ranking_exact() -> None:
+    # a small pool: most candidates are the recent items' neighbours off the pool, and only
+    # those whose content bound can still reach the top k get their content scored
+    g, content = genre_stream(n=2000, users=30, items=50, seed=6)
+    state = TrendState.from_graph(g, (DAY,), window=5, n_recent=5, content=content)
+    params = TrendParams(DAY, math.inf, 0.0, 0.3, tag_weight=0.8, age_weight=0.4)
+    ranker = TrendRanker(base=None, content=content)
+    ranker.params_, ranker.state_, ranker._num_users = params, state, g.num_users
+    served = TrendTopK(state, params, trend_candidates=2, content_candidates=15)
+    scored: list[int] = []
+    full_terms = state.affinity.one_user_terms
+
+    def counting(user: int, items: np.ndarray, t: float):  # type: ignore[no-untyped-def]
+        scored.append(len(items))
+        return full_terms(user, items, t)
+
+    state.affinity.one_user_terms = counting  # type: ignore[method-assign]
+    exact = ranker.score(torch.arange(g.num_users)).double().numpy()
+    covered = []
+    for user in range(g.num_users):
+        recent = state.recent_items(user)[:5]
+        reach = set(served._covis(recent)[0].tolist()) | set(served._pool.tolist())
+        if len(reach) == g.num_items:                     # every item is a candidate
+            covered.append(user)
+    assert len(covered) >= 10
+    assert_served_equals_exact(served, exact[covered], g.subset(np.isin(g.user, covered)),
+                               users=covered)
+    scored.clear()
+    for user in covered:                                   # nothing excluded: 35 off the pool
+        items, _ = served.top_k(user, 3)
+        assert items.tolist() == np.lexsort((np.arange(g.num_items), -exact[user]))[:3].tolist()
+    # unpruned, every call would score all 35 items off the pool
+    assert sum(scored) < len(covered) * (g.num_items - 15)
