@@ -50,15 +50,18 @@ def graph_from_events(events: Iterable[Event]) -> tuple[InteractionGraph, list[s
 def sibling_item_file(ratings: str | Path) -> Path | None:
     """The items' metadata file beside a MovieLens / MovieTweetings ratings file, if there is
     one: ``ratings.dat`` -> ``movies.dat``, ``snap100K_ratings.dat`` ->
-    ``snap100K_movies.dat``, ``ratings.csv`` -> ``movies.csv``.
+    ``snap100K_movies.dat``, ``ratings.csv`` -> ``movies.csv``, ``u.data`` -> ``u.item``.
 
     >>> sibling_item_file("/nowhere/ratings.dat") is None
     True
     """
     path = Path(ratings)
-    if "ratings" not in path.name:
+    if path.name == "u.data":
+        candidate = path.with_name("u.item")
+    elif "ratings" in path.name:
+        candidate = path.with_name(path.name.replace("ratings", "movies"))
+    else:
         return None
-    candidate = path.with_name(path.name.replace("ratings", "movies"))
     return candidate if candidate.is_file() else None
 
 

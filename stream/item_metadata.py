@@ -3,6 +3,8 @@
 Formats, told apart by their first line:
 
 * MovieLens / MovieTweetings ``movies.dat``: ``id::Title (year)::Genre|Genre``;
+* MovieLens-100K ``u.item``: ``id|title|release date|video date|URL|`` then 19 genre flags
+  (0/1, in the order of :data:`U_ITEM_GENRES`);
 * CSV with a header: an id column (``item_id`` or MovieLens' ``movieId``), a year column
   (``year``) or a ``title`` ending in ``(year)``, and a tag column (``tags`` or
   ``genres``, ``|``-separated). MovieLens' ``movies.csv`` reads as it is.
@@ -26,6 +28,12 @@ _YEAR = re.compile(r"\((\d{4})\)\s*$")
 _NO_TAGS = {"(no genres listed)", ""}
 #: plausible release years; anything else is treated as unknown
 _YEARS = range(1800, 2200)
+
+
+#: MovieLens-100K's genres, in the order of u.item's flag columns (its u.genre file)
+U_ITEM_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
+                 "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical",
+                 "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,8 @@ def _rows(path: Path) -> Iterator[tuple[int, ItemRecord | str]]:
         fh.seek(0)
         if "::" in first:
             yield from _dat_rows(fh)
+        elif _is_u_item(first):
+            yield from _u_item_rows(fh)
         elif "," in first or first.strip():
             yield from _csv_rows(path, fh)
 
@@ -103,6 +113,27 @@ def _dat_rows(fh) -> Iterator[tuple[int, ItemRecord | str]]:  # type: ignore[no-
             continue
         tags = parse_tags(parts[2]) if len(parts) > 2 else ()
         yield lineno, ItemRecord(normalise_id(parts[0]), parse_year(parts[1]), tags)
+
+
+def _is_u_item(line: str) -> bool:
+    flags = line.rstrip("\r\n").split("|")[-len(U_ITEM_GENRES):]
+    return line.count("|") >= 4 + len(U_ITEM_GENRES) and all(f in ("0", "1") for f in flags)
+
+
+def _u_item_rows(fh) -> Iterator[tuple[int, ItemRecord | str]]:  # type: ignore[no-untyped-def]
+    n = len(U_ITEM_GENRES)
+    for lineno, line in enumerate(fh, start=1):
+        parts = line.rstrip("\r\n").split("|")
+        if not line.strip():
+            continue
+        if len(parts) < 5 + n or not parts[0].strip():
+            yield lineno, f"expected id|title|release date|video date|URL and {n} genre flags"
+            continue
+        flags = parts[-n:]
+        tags = tuple(g for g, f in zip(U_ITEM_GENRES, flags, strict=True)
+                     if f == "1" and g != "unknown")
+        year = parse_year(parts[2][-4:]) or parse_year(parts[1])  # "01-Jan-1995"
+        yield lineno, ItemRecord(normalise_id(parts[0]), year, tags)
 
 
 def _csv_rows(path: Path, fh) -> Iterator[tuple[int, ItemRecord | str]]:  # type: ignore[no-untyped-def]

@@ -325,8 +325,9 @@ def _parse_ts(value: str | None) -> float | None:
 @app.command()
 def items(
     file: Annotated[Path, typer.Argument(help="movies.dat (id::Title (year)::Genre|Genre), "
-                                         "MovieLens movies.csv, or a CSV with item_id, year "
-                                         "and tags (|-separated) columns")],
+                                         "MovieLens-100K u.item, MovieLens movies.csv, or a "
+                                         "CSV with item_id, year and tags (|-separated) "
+                                         "columns")],
     store: StoreOpt = None,
 ) -> None:
     """Import items' metadata (tags such as genres, release year) into the store.

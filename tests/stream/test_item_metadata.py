@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.data import load_item_content
+from evaluation.data import load_item_content, sibling_item_file
 from stream.item_metadata import ItemRecord, read_items
 
 
@@ -51,3 +51,19 @@ def test_content_aligns_with_the_ratings_item_indices(tmp_path: Path) -> None:
     assert content.years[[0, 2]].tolist() == [1999.0, 2001.0]
     with pytest.raises(ValueError, match="no item of"):
         load_item_content(path, ["x", "y"])
+
+
+def test_movielens_100k_u_item_flags(tmp_path: Path) -> None:
+    flags = ["0"] * 19
+    flags[3], flags[5] = "1", "1"                          # Animation, Comedy
+    path = tmp_path / "u.item"
+    path.write_text("|".join(["1", "Toy Story (1995)", "01-Jan-1995", "",
+                              "http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)", *flags])
+                    + "\n" + "|".join(["2", "unknown", "", "", "", "1"] + ["0"] * 18) + "\n",
+                    encoding="latin-1")
+    records, stats = read_items(path)
+    assert records == [ItemRecord("1", 1995, ("Animation", "Comedy")),
+                       ItemRecord("2", None, ())]
+    assert stats.rejected == 0
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n")
+    assert sibling_item_file(tmp_path / "u.data") == path
