@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
@@ -22,6 +23,11 @@ PG_URL = os.environ.get(
     "STREAMREC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_PG = os.environ.get("STREAMREC_REQUIRE_POSTGRES") == "1"
+
+# Property tests draw the same examples every run (a CI run once drew a case no local run
+# had) and keep no example database in the tree; a test's own @settings inherit this.
+settings.register_profile("streamrec", derandomize=True, database=None)
+settings.load_profile("streamrec")
 
 
 def _postgres_reason() -> str | None:
