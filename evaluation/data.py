@@ -69,8 +69,8 @@ def load_item_content(path: str | Path, item_ids: Sequence[str]) -> ItemContent:
     """The tags and release years of ``path`` (a :mod:`stream.item_metadata` file) for the
     items ``item_ids`` (by dense index); raises ValueError when no id matches."""
     records, _ = read_items(path)
-    by_id = {r.item_id: r for r in records}
-    found = [by_id.get(normalise_id(i)) for i in item_ids]
+    by_id = {normalise_id(r.item_id): r for r in records} | {r.item_id: r for r in records}
+    found = [by_id.get(i, by_id.get(normalise_id(i))) for i in item_ids]
     if records and not any(found):
         raise ValueError(f"no item of {path} matches an item of the ratings (e.g. "
                          f"{records[0].item_id!r} vs {item_ids[0] if item_ids else None!r})")

@@ -9,8 +9,9 @@ Formats, told apart by their first line:
   (``year``) or a ``title`` ending in ``(year)``, and a tag column (``tags`` or
   ``genres``, ``|``-separated). MovieLens' ``movies.csv`` reads as it is.
 
-All-digit ids lose their leading zeros (MovieTweetings pads movie ids to seven digits in
-``movies.dat`` but not in ``ratings.dat``), so they match the ids of the rating files.
+In ``movies.dat`` all-digit ids lose their leading zeros (MovieTweetings pads movie ids to
+seven digits there but not in ``ratings.dat``), so they match the ids of the rating files;
+the other formats keep ids as written.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def _u_item_rows(fh) -> Iterator[tuple[int, ItemRecord | str]]:  # type: ignore[
         tags = tuple(g for g, f in zip(U_ITEM_GENRES, flags, strict=True)
                      if f == "1" and g != "unknown")
         year = parse_year(parts[2][-4:]) or parse_year(parts[1])  # "01-Jan-1995"
-        yield lineno, ItemRecord(normalise_id(parts[0]), year, tags)
+        yield lineno, ItemRecord(parts[0].strip(), year, tags)
 
 
 def _csv_rows(path: Path, fh) -> Iterator[tuple[int, ItemRecord | str]]:  # type: ignore[no-untyped-def]
@@ -152,4 +153,4 @@ def _csv_rows(path: Path, fh) -> Iterator[tuple[int, ItemRecord | str]]:  # type
             continue
         year = parse_year(row.get(year_col) or "") if year_col else None
         tags = parse_tags(row.get(tag_col) or "") if tag_col else ()
-        yield lineno, ItemRecord(normalise_id(item_id), year, tags)
+        yield lineno, ItemRecord(item_id, year, tags)

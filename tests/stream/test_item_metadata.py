@@ -32,9 +32,10 @@ def test_movielens_movies_csv_and_a_plain_csv(tmp_path: Path) -> None:
                        ItemRecord("2", 1995, ())]
     assert stats.rejected == 1
     plain = tmp_path / "items.csv"
-    plain.write_text("item_id,year,tags\nsku-1,2021,shoes|red\nsku-1,1800x,shoes\n",
-                     encoding="utf-8")
-    assert read_items(plain)[0] == [ItemRecord("sku-1", None, ("shoes",))]  # last one wins
+    plain.write_text("item_id,year,tags\nsku-1,2021,shoes|red\nsku-1,1800x,shoes\n"
+                     "007,1999,x\n", encoding="utf-8")
+    assert read_items(plain)[0] == [ItemRecord("sku-1", None, ("shoes",)),  # last one wins
+                                    ItemRecord("007", 1999, ("x",))]        # ids as written
     bad = tmp_path / "bad.csv"
     bad.write_text("id,name\n1,x\n", encoding="utf-8")
     with pytest.raises(ValueError, match="item_id"):
