@@ -38,6 +38,10 @@ CONTENT_WEIGHTS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 WEIGHT_ROUNDS = 2
 #: score-matrix elements per validation step (float64: 160 MB); fewer users at many items
 MAX_SCORES = 20_000_000
+#: score-matrix elements of a whole validation walk, per term: the walk keeps every step's
+#: matrices (co-visitation, embedding, content, a stage's sum), so at 27k items and 30 steps
+#: the per-step bound alone would allow ~19 GB; this one holds them to ~5 GB
+MAX_WALK_SCORES = 150_000_000
 #: most ranking moments of a validation walk: a longer window is walked in wider whole
 #: multiples of the horizon. Every candidate of the search re-scores every step, and a
 #: MovieLens-1M-like stream's 780-day validation window at one step a day kept
@@ -126,7 +130,8 @@ def validation_steps(
     seconds (``None``: once, at its start) with the state of every earlier event, score
     that step's events, then apply them. ``state`` (built on ``history``) is not modified.
     Each step scores at most ``max_users`` users (drawn with ``seed``), fewer where the
-    catalogue would make the score matrix exceed :data:`MAX_SCORES` elements."""
+    catalogue would make the score matrix exceed :data:`MAX_SCORES` elements, or all the
+    steps' matrices together :data:`MAX_WALK_SCORES` (never fewer than 200)."""
     if valid.num_edges == 0:
         return []
     start, end = float(valid.ts.min()), float(valid.ts.max())
@@ -137,7 +142,9 @@ def validation_steps(
     state = copy.deepcopy(state)
     n_items = max(history.num_items, valid.num_items)
     # every candidate scores a dense [users, items] matrix per step: bound it (float64)
-    max_users = max(200, min(max_users, MAX_SCORES // max(n_items, 1)))
+    n_steps = len(bounds) - 1
+    max_users = max(200, min(max_users, MAX_SCORES // max(n_items, 1),
+                             MAX_WALK_SCORES // max(n_items * n_steps, 1)))
     steps = []
     for lo, hi in itertools.pairwise(bounds):
         past = history.concat(valid.subset(valid.ts < lo))

@@ -250,3 +250,20 @@ def test_tuning_lets_a_strong_embedding_term_decide_the_ranking() -> None:
                           long_weights=[0.0])
     assert params.embedding_weight >= 3.2
     assert report["valid_recall_embedding"] == 1.0 > report["valid_recall_trend"]
+
+
+def test_the_validation_walk_bounds_its_score_matrices_in_total(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    g = random_stream(30_000, users=400, items=2000, seed=3)  # ~300 users a day
+    cut = float(np.quantile(g.ts, 0.7))
+    train, valid = g.subset(g.ts < cut), g.subset(g.ts >= cut)
+    state = TrendState.from_graph(train, (DAY,))
+
+    def users_per_step() -> list[int]:
+        steps = validation_steps(state, train, valid, half_lives=(DAY,), horizon=DAY)
+        return [len(step.task.users) for step in steps]
+
+    free = users_per_step()
+    assert max(free) > 250 and len(free) >= 9
+    monkeypatch.setattr(tuning, "MAX_WALK_SCORES", 250 * 2000 * len(free))
+    capped = users_per_step()
+    assert max(capped) == 250 and len(capped) == len(free)
