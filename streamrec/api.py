@@ -296,6 +296,21 @@ WORKER_CONFIG_ENV = "STREAMREC_API_WORKER_CONFIG"  # serve() -> worker processes
 WORKER_HEALTHCHECK_S = 60
 
 
+def publish_index(graph: GraphStore, embeddings: EmbeddingStore, cache: IndexCache,
+                  **ann_options: Any) -> None:
+    """Build the active version's ANN index into ``cache`` in this process, with FAISS's
+    OpenMP threads, so that the workers started next read it back instead of the first of
+    them building it on the one thread it searches with (:func:`create_app` keeps FAISS to
+    one). The service is dropped afterwards; a catalogue below the ANN threshold caches
+    nothing and costs only the load."""
+    service = QueryService(graph, embeddings, ann_options=ann_options, index_cache=cache)
+    started = time.perf_counter()
+    service.refresh()
+    if service.served is not None:
+        log.info("built the ANN index of version %s for the workers in %.1f s",
+                 service.served.snapshot.version.name, time.perf_counter() - started)
+
+
 def serve(
     store_url: str,
     host: str = "127.0.0.1",
@@ -326,9 +341,11 @@ def serve(
             answers it. Retrain jobs are shared through the store (one at a time across all
             workers).
         index_cache: directory of the built HNSW indexes (:class:`~store.ann_cache.
-            IndexCache`): the first worker to need a version's index builds and publishes
-            it, the others, and later restarts, map it from there (one copy in memory for
-            all); None or empty: every worker builds its own (default: None).
+            IndexCache`): with several workers this process builds the active version's
+            index there before starting them (:func:`publish_index`), and a worker that
+            needs a later version's builds and publishes it; the others, and later restarts,
+            map it from there (one copy in memory for all); None or empty: every worker
+            builds its own (default: None).
     """
     import inspect
 
@@ -345,6 +362,8 @@ def serve(
     embeddings = EmbeddingStore(graph.engine)
     RetrainJobStore(graph.engine)
     if workers > 1:
+        if index_cache:
+            publish_index(graph, embeddings, IndexCache(index_cache))
         graph.engine.dispose()
         config = {"store_url": store_url, "retrain_token": retrain_token,
                   "refresh_interval_s": refresh_interval_s, "index_cache": index_cache,

@@ -13,7 +13,7 @@ from store.ann_cache import IndexCache
 from store.embeddings import EmbeddingStore
 from store.graph import GraphStore
 from stream.events import Event
-from streamrec.api import default_index_cache
+from streamrec.api import default_index_cache, publish_index
 from streamrec.queries import QueryService
 
 T0 = 1_700_000_000.0
@@ -112,3 +112,12 @@ def test_a_worker_behind_the_shared_index_serves_its_own_snapshot(  # type: igno
 ])
 def test_serve_keeps_the_index_cache_beside_a_sqlite_store(url: str, want: str | None) -> None:
     assert default_index_cache(url) == want
+
+
+def test_serve_publishes_the_index_before_its_workers_start(  # type: ignore[no-untyped-def]
+        stores, tmp_path: Path) -> None:
+    graph, embeddings, _ = stores
+    publish_index(graph, embeddings, IndexCache(tmp_path), **OPTIONS)
+    worker, cache = _service(stores, tmp_path)
+    worker.refresh()
+    assert worker.served.index.kind == "hnsw" and (cache.builds, cache.loads) == (0, 1)
