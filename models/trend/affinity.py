@@ -83,7 +83,7 @@ class ContentAffinity:
 
     def item_terms(self, users: np.ndarray, items: np.ndarray, t: float
                    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(genre, age)``, each float64 ``[len(users), len(items)]``: the tag term (the
+        """``(tags, ages)``, each float64 ``[len(users), len(items)]``: the tag term (the
         item's tag weights times the user's tag affinities) and the release-age term at
         time ``t`` (epoch seconds) of every (user, item) pair."""
         items = np.asarray(items, dtype=np.int64)
