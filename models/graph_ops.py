@@ -78,13 +78,25 @@ class CSR:
 
     def gather_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The entries of ``rows`` ``[n]`` as ``(position in rows, column)``, both ``[m]``."""
-        rows = np.asarray(rows, dtype=np.int64)
-        start, deg = self.indptr[rows], self.degree()[rows]
-        pos = np.repeat(np.arange(len(rows), dtype=np.int64), deg)
-        # Offset of each gathered entry within its row, without a Python loop.
-        first = np.repeat(np.cumsum(deg) - deg, deg)
-        offset = np.arange(int(deg.sum()), dtype=np.int64) - first
-        return pos, self.indices[np.repeat(start, deg) + offset]
+        pos, entries = csr_row_entries(self.indptr, rows)
+        return pos, self.indices[entries]
+
+
+def csr_row_entries(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of CSR rows ``rows`` ``[n]``, row after row, as ``(position in rows,
+    entry)``, both int64 ``[m]``; ``entry`` indexes the CSR's ``indices`` and values.
+
+    >>> [a.tolist() for a in csr_row_entries(np.array([0, 2, 2, 5]), np.array([2, 1, 0]))]
+    [[0, 0, 0, 2, 2], [2, 3, 4, 0, 1]]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    start = np.asarray(indptr)[rows].astype(np.int64)
+    deg = np.asarray(indptr)[rows + 1] - start
+    pos = np.repeat(np.arange(len(rows), dtype=np.int64), deg)
+    # Offset of each gathered entry within its row, without a Python loop.
+    first = np.repeat(np.cumsum(deg) - deg, deg)
+    offset = np.arange(int(deg.sum()), dtype=np.int64) - first
+    return pos, np.repeat(start, deg) + offset
 
 
 def unique_edges(graph: InteractionGraph) -> tuple[np.ndarray, np.ndarray]:

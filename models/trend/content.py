@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from models.graph_ops import csr_row_entries
+
 #: lower edges (years since release) of the release-age bins: 0, 1, 2, 3-5, 6-10, 11-20,
 #: 21+; one more bin holds items of unknown year (and events before a release count as 0)
 AGE_BIN_EDGES = (0, 1, 2, 3, 6, 11, 21)
@@ -100,6 +102,19 @@ class ItemContent:
             return self
         extra = num_items - self.num_items
         return self.extend([[]] * extra, [None] * extra)
+
+    def tag_dot(self, items: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        """float64 ``[len(items)]``: each item's tag weights times ``vector``
+        ``[len(vocabulary)]`` (0 for items past the end), gathered from the CSR arrays:
+        scipy's row slicing cost ~0.3 ms a query, the serving budget's 6%."""
+        items = np.asarray(items, dtype=np.int64)
+        known = items < self.num_items
+        w = self.tag_weights
+        pos, entries = csr_row_entries(w.indptr, items[known])
+        out = np.zeros(len(items))
+        out[known] = np.bincount(pos, weights=w.data[entries] * vector[w.indices[entries]],
+                                 minlength=int(known.sum()))
+        return out
 
     def age_bins(self, items: np.ndarray, t: float | np.ndarray) -> np.ndarray:
         """int64 release-age bin of ``items`` at time ``t`` (epoch seconds; one time, or

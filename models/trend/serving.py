@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models.graph_ops import csr_row_entries
 from models.trend.scoring import COVIS_EPS, TrendParams, trend_scores
 from models.trend.state import TrendState
 
@@ -85,7 +86,10 @@ class TrendTopK:
         with_content = bool(len(self._pool) and self.state.has_history(user))
         trending = self.order[:n_trend]
         if with_content:
-            trending, pool_content = self._content_pool_top(user, k + self.trend_candidates,
+            assert affinity is not None
+            affinities = affinity.of_user(user)
+            trending, pool_content = self._content_pool_top(affinities,
+                                                            k + self.trend_candidates,
                                                             excluded)
         recent = self.state.recent_items(user)[: self.params.n_query_items]
         neighbours, covis_values = self._covis(recent)
@@ -123,11 +127,12 @@ class TrendTopK:
                 # user's largest affinities), which keeps the ranking exact
                 inside = scores[~outside] + content[~outside]
                 kth = np.partition(inside, len(inside) - k)[len(inside) - k]
-                bound = scores[outside] + self._content_bound(user)
+                bound = scores[outside] + self._content_bound(affinities)
                 keep[np.flatnonzero(outside)[bound < kth]] = False
                 outside &= keep
             if outside.any():
-                tags, ages = affinity.one_user_terms(user, candidates[outside], self.when)
+                tags, ages = affinity.one_user_terms(user, candidates[outside], self.when,
+                                                     affinities=affinities)
                 content[outside] = (self.params.tag_weight * tags
                                     + self.params.age_weight * ages)
             scores += content
@@ -139,31 +144,26 @@ class TrendTopK:
         best = np.lexsort((candidates, -scores))[:k]
         return candidates[best], scores[best]
 
-    def _content_pool_top(self, user: int, n: int, excluded: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
+    def _content_pool_top(self, affinities: tuple[np.ndarray, np.ndarray], n: int,
+                          excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` best pool items by trend plus content, excluded ones left out (every
         other item scores at most the ``n``-th of them plus the floor co-visitation), and
-        the content term of every pool item."""
-        affinity = self.state.affinity
-        assert affinity is not None
-        who = np.asarray([user])
-        content = (self.params.tag_weight * (self._pool_tags @ affinity.tag_scores(who)[0])
-                   + self.params.age_weight * affinity.age_scores(who)[0][self._pool_bins])
+        the content term of every pool item; ``affinities``: the user's tag and age ones."""
+        tags, ages = affinities
+        content = (self.params.tag_weight * (self._pool_tags @ tags)
+                   + self.params.age_weight * ages[self._pool_bins])
         scores = self.trend[self._pool] + content
         scores[np.isin(self._pool, excluded)] = -np.inf
         if n < len(scores):
             return self._pool[np.argpartition(-scores, n)[:n]], content
         return self._pool, content
 
-    def _content_bound(self, user: int) -> float:
-        """The largest content term any item can have for ``user``: an item's tag term is
-        a weighted mean of the user's tag affinities (0 without tags), its age term one of
-        the user's age affinities."""
-        affinity = self.state.affinity
-        assert affinity is not None
-        who = np.asarray([user])
-        tags = np.append(affinity.tag_scores(who)[0], 0.0)
-        ages = affinity.age_scores(who)[0]
+    def _content_bound(self, affinities: tuple[np.ndarray, np.ndarray]) -> float:
+        """The largest content term any item can have for a user of these tag and age
+        affinities: an item's tag term is a weighted mean of the tag affinities (0 without
+        tags), its age term one of the age affinities."""
+        tags = np.append(affinities[0], 0.0)
+        ages = affinities[1]
         return (max(self.params.tag_weight * tags.min(), self.params.tag_weight * tags.max())
                 + max(self.params.age_weight * ages.min(), self.params.age_weight * ages.max()))
 
@@ -175,10 +175,8 @@ class TrendTopK:
         weights = self.params.recency ** np.arange(len(recent)) * self._inv[recent]
         # the rows' entries straight from the CSR arrays: scipy's row slicing and a dense
         # [I] product cost about 0.3 ms a query at 100k items
-        spans = [(t.indptr[r], t.indptr[r + 1]) for r in recent.tolist()]
-        items = np.concatenate([t.indices[a:b] for a, b in spans])
-        values = np.concatenate([t.data[a:b] * w for (a, b), w in zip(spans, weights,
-                                                                        strict=True)])
+        row, entries = csr_row_entries(t.indptr, recent)
+        items, values = t.indices[entries], t.data[entries] * weights[row]
         hit, where = np.unique(items, return_inverse=True)
         v = np.bincount(where, weights=values, minlength=len(hit))
         keep = v > 0

@@ -155,9 +155,9 @@ def test_pruned_content_scoring_keeps_the_ranking_exact() -> None:
     scored: list[int] = []
     full_terms = state.affinity.one_user_terms
 
-    def counting(user: int, items: np.ndarray, t: float):  # type: ignore[no-untyped-def]
+    def counting(user: int, items: np.ndarray, t: float, **kwargs):  # type: ignore[no-untyped-def]
         scored.append(len(items))
-        return full_terms(user, items, t)
+        return full_terms(user, items, t, **kwargs)
 
     state.affinity.one_user_terms = counting  # type: ignore[method-assign]
     exact = ranker.score(torch.arange(g.num_users)).double().numpy()
