@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from models.trend.content import ItemContent
+from models.trend.content import ItemContent, top_tags
 from store import schema
 from store.graph import GraphStore
 from stream.item_metadata import ItemRecord
@@ -96,7 +96,7 @@ class ItemMetadata:
         if not every:
             return None
         tags, years = self.rows()
-        return ItemContent(tags, years, vocabulary=ItemContent(every).vocabulary)
+        return ItemContent(tags, years, vocabulary=top_tags(every))
 
     def extend(self, content: ItemContent) -> ItemContent:
         """``content`` grown by the items stored since it was read (its vocabulary kept)."""

@@ -37,6 +37,19 @@ PRIOR_EVENTS = 5.0
 _SECONDS_PER_YEAR = 365.2425 * 86_400.0
 
 
+def top_tags(tags: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """The :data:`MAX_TAGS` tags on most items (ties by name), sorted by name.
+
+    >>> top_tags([["b", "a", "b"], ["b"], []])
+    ('a', 'b')
+    """
+    counts: dict[str, int] = {}
+    for item_tags in tags:
+        for tag in set(item_tags):
+            counts[tag] = counts.get(tag, 0) + 1
+    return tuple(sorted(sorted(counts, key=lambda g: (-counts[g], g))[:MAX_TAGS]))
+
+
 class ItemContent:
     """Tags and release years of items ``0 .. num_items - 1``.
 
@@ -59,14 +72,7 @@ class ItemContent:
         years = [None] * len(tags) if years is None else list(years)
         if len(years) != len(tags):
             raise ValueError(f"tags and years differ in length: {len(tags)} vs {len(years)}")
-        if vocabulary is None:
-            counts: dict[str, int] = {}
-            for item_tags in tags:
-                for tag in set(item_tags):
-                    counts[tag] = counts.get(tag, 0) + 1
-            vocabulary = sorted(counts, key=lambda g: (-counts[g], g))[:MAX_TAGS]
-            vocabulary = sorted(vocabulary)
-        self.vocabulary = tuple(vocabulary)
+        self.vocabulary = tuple(top_tags(tags) if vocabulary is None else vocabulary)
         column = {tag: j for j, tag in enumerate(self.vocabulary)}
         rows, cols = [], []
         for i, item_tags in enumerate(tags):
