@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from models.base import InteractionGraph
+from models.graph_ops import csr_row_entries
 
 
 class SeenItems:
@@ -43,14 +44,9 @@ class SeenItems:
         Users at or beyond this history's ``num_users`` have seen nothing.
         """
         users = np.asarray(users, dtype=np.int64)
-        inside = users < self.num_users
-        safe = np.where(inside, users, 0)
-        starts = np.where(inside, self.indptr[safe], 0)
-        lengths = np.where(inside, self.indptr[safe + 1] - starts, 0)
-        rows = np.repeat(np.arange(len(users), dtype=np.int64), lengths)
-        offsets = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(
-            np.cumsum(lengths) - lengths, lengths)
-        return rows, self.items[np.repeat(starts, lengths) + offsets]
+        inside = np.flatnonzero(users < self.num_users)
+        pos, entries = csr_row_entries(self.indptr, users[inside])
+        return inside[pos], self.items[entries]
 
 
 def unique_pairs(user: np.ndarray, item: np.ndarray, num_items: int
